@@ -1,0 +1,1 @@
+"""wconv: convert Whisper models to Core ML."""
