@@ -1,0 +1,154 @@
+"""The one set of Neural-Engine-friendly Whisper modules every model family maps its weights onto.
+
+ANE rules applied here (Apple's ml-ane-transformers principles, written anew):
+
+* activations are channels-first rank-4 tensors ``(B, C, 1, S)``;
+* every ``nn.Linear`` is a 1x1 ``nn.Conv2d``; the audio convolutions are ``(1, 3)`` Conv2d;
+* attention is computed per head (split-einsum), no reshape of the sequence into heads;
+* :class:`ChannelLayerNorm` normalises over the channel axis and applies ``x̂ * weight + bias``,
+  which equals ``torch.nn.LayerNorm`` for *any* affine parameters (zero weights included).
+
+Module and parameter names equal openai-whisper's, so a family only has to name its weights the
+openai way (the *canonical* state dict) and :func:`load_canonical` reshapes them into place.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConversionError
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over dim 1 of a ``(B, C, 1, S)`` tensor, exact for any weight and bias."""
+
+    def __init__(self, n_state: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(n_state))
+        self.bias = nn.Parameter(torch.zeros(n_state))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=1, keepdim=True)
+        centered = x - mean
+        variance = (centered * centered).mean(dim=1, keepdim=True)
+        normalized = centered * torch.rsqrt(variance + self.eps)
+        return normalized * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def split_head_attention(q, k, v, n_head: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention on ``(B, C, 1, S)`` tensors, one einsum pair per head.
+
+    ``mask`` is additive, shaped ``(1, S_k, 1, S_q)`` (keys on dim 1, like the scores).
+    """
+    head_dim = q.shape[1] // n_head
+    q = q * head_dim**-0.5
+    heads = []
+    for q_h, k_h, v_h in zip(q.split(head_dim, 1), k.split(head_dim, 1), v.split(head_dim, 1)):
+        scores = torch.einsum("bchq,bkhc->bkhq", q_h, k_h.transpose(1, 3))
+        if mask is not None:
+            scores = scores + mask
+        weights = scores.softmax(dim=1)
+        heads.append(torch.einsum("bkhq,bchk->bchq", weights, v_h))
+    return torch.cat(heads, dim=1)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self- or cross-attention with 1x1-conv projections (no key bias, as in Whisper)."""
+
+    def __init__(self, n_state: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.query = nn.Conv2d(n_state, n_state, 1)
+        self.key = nn.Conv2d(n_state, n_state, 1, bias=False)
+        self.value = nn.Conv2d(n_state, n_state, 1)
+        self.out = nn.Conv2d(n_state, n_state, 1)
+
+    def forward(self, x, context=None, mask=None):
+        source = x if context is None else context
+        attended = split_head_attention(self.query(x), self.key(source), self.value(source), self.n_head, mask)
+        return self.out(attended)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LayerNorm transformer block: attention, optional cross-attention, GELU MLP."""
+
+    def __init__(self, n_state: int, n_head: int, cross_attention: bool = False):
+        super().__init__()
+        self.attn = MultiHeadAttention(n_state, n_head)
+        self.attn_ln = ChannelLayerNorm(n_state)
+        self.cross_attn = MultiHeadAttention(n_state, n_head) if cross_attention else None
+        self.cross_attn_ln = ChannelLayerNorm(n_state) if cross_attention else None
+        self.mlp = nn.Sequential(nn.Conv2d(n_state, 4 * n_state, 1), nn.GELU(), nn.Conv2d(4 * n_state, n_state, 1))
+        self.mlp_ln = ChannelLayerNorm(n_state)
+
+    def forward(self, x, context=None, mask=None):
+        x = x + self.attn(self.attn_ln(x), mask=mask)
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.cross_attn_ln(x), context)
+        return x + self.mlp(self.mlp_ln(x))
+
+
+class AudioEncoder(nn.Module):
+    """Whisper's audio encoder in ANE layout.
+
+    Input: log-mel ``(1, n_mels, n_frames)``. Output ``(1, n_frames/2, n_state)`` (whisper.cpp's
+    layout) or, with ``channels_first_output=True``, ``(1, n_state, 1, n_frames/2)`` (WhisperKit's).
+    Shorter inputs than 3000 frames use the first positions of the embedding.
+    """
+
+    def __init__(self, dims, channels_first_output: bool = False):
+        super().__init__()
+        n_state = dims.n_audio_state
+        self.channels_first_output = channels_first_output
+        self.conv1 = nn.Conv2d(dims.n_mels, n_state, (1, 3), padding=(0, 1))
+        self.conv2 = nn.Conv2d(n_state, n_state, (1, 3), stride=(1, 2), padding=(0, 1))
+        self.register_buffer("positional_embedding", torch.zeros(dims.n_audio_ctx, n_state))
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(n_state, dims.n_audio_head) for _ in range(dims.n_audio_layer)
+        )
+        self.ln_post = ChannelLayerNorm(n_state)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.conv1(mel.unsqueeze(2)))
+        x = F.gelu(self.conv2(x))
+        positions = self.positional_embedding[: x.shape[-1]].transpose(0, 1)
+        x = x + positions.unsqueeze(0).unsqueeze(2)
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_post(x)
+        if self.channels_first_output:
+            return x
+        return x.squeeze(2).transpose(1, 2)
+
+
+def load_canonical(module: nn.Module, state_dict: dict, prefix: str) -> nn.Module:
+    """Copy canonical (openai-named) weights under ``prefix`` into an ANE module, strictly.
+
+    2-D linear weights become 1x1 conv kernels, 3-D conv kernels gain a unit height; everything
+    else must match exactly. A missing or surplus tensor is a :class:`ConversionError`.
+    """
+    wanted = module.state_dict()
+    supplied = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    missing = sorted(set(wanted) - set(supplied))
+    surplus = sorted(set(supplied) - set(wanted))
+    if missing or surplus:
+        raise ConversionError(
+            f"weights do not fit the ANE {type(module).__name__}: missing {missing[:3]}, unexpected {surplus[:3]}"
+        )
+    shaped = {}
+    for name, target in wanted.items():
+        tensor = torch.as_tensor(supplied[name])
+        if tensor.numel() != target.numel():
+            raise ConversionError(f"tensor {prefix}{name} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
+        shaped[name] = tensor.reshape(target.shape).to(target.dtype)
+    module.load_state_dict(shaped, strict=True)
+    return module
+
+
+def build_encoder(dims, state_dict: dict, channels_first_output: bool = False) -> AudioEncoder:
+    """The ANE audio encoder in fp32 eval mode, loaded from a canonical state dict."""
+    encoder = AudioEncoder(dims, channels_first_output)
+    return load_canonical(encoder, state_dict, "encoder.").eval()

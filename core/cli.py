@@ -1,0 +1,157 @@
+"""The ``wconv`` command line: a thin layer over the pipeline and the plugin manager.
+
+Exit codes: 0 ok, 1 conversion or verification failure, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .errors import InputError, WconvError
+from .job import DEFAULT_MIN_PSNR, DEFAULT_MIN_TARGET, Job
+
+MIN_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
+
+
+class WconvGroup(click.Group):
+    """Turns WconvError into one line and its exit code; ``--debug`` shows the traceback instead."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except WconvError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(e.exit_code)
+
+
+@click.group(cls=WconvGroup)
+@click.version_option(package_name="wconv")
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.pass_context
+def cli(ctx, debug):
+    """Convert Whisper speech models to Core ML for Apple's Neural Engine."""
+    ctx.obj = {"debug": debug}
+
+
+def parse_audio_lengths(ctx, param, value):
+    if not value:
+        return ()
+    try:
+        frames = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter("give mel frame counts separated by commas, e.g. 1500,3000") from None
+    if any(n <= 0 or n > 3000 or n % 2 for n in frames):
+        raise click.BadParameter("each frame count must be even and between 2 and 3000 (30 s)")
+    return frames
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--family", help="Model family (see `wconv families`); guessed from MODEL if omitted.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("models"), show_default=True, help="Output directory.")
+@click.option("--name", help="Artifact base name (ggml-<name>-encoder…); derived from MODEL by default.")
+@click.option("--force", is_flag=True, help="Overwrite existing artifacts.")
+@click.option("--min-target", type=click.Choice(MIN_TARGETS), default=DEFAULT_MIN_TARGET, show_default=True, help="Minimum deployment target.")
+@click.option("--audio-lengths", callback=parse_audio_lengths, help="Also write an encoder with enumerated mel frame counts, e.g. 1500,3000.")
+@click.option("--no-verify", is_flag=True, help="Skip verification of the saved artifacts.")
+@click.option("--min-psnr", type=float, default=DEFAULT_MIN_PSNR, show_default=True, help="Verification gate in dB.")
+@click.option("--verify-input", type=click.Path(path_type=Path), help="wav or .npy log-mel to verify with (default: bundled speech).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
+def run(model, family, output, name, force, min_target, audio_lengths, no_verify, min_psnr, verify_input, as_json):
+    """Convert MODEL (a name, path or hub id) into Core ML artifacts."""
+    from .api import convert
+
+    job = Job(source=model, family=family, output=output, name=name, force=force, min_target=min_target,
+              audio_lengths=audio_lengths, verify=not no_verify, min_psnr=min_psnr, verify_input=verify_input)
+    result = convert(job)
+    report(result, as_json)
+
+
+def report(result, as_json: bool) -> None:
+    """Print what a conversion wrote: JSON manifest on stdout, or a short table."""
+    if as_json:
+        click.echo(json.dumps(result.manifest, indent=2))
+        return
+    console = Console()
+    for path in result.paths:
+        console.print(f"wrote {path}")
+    for check in result.checks:
+        colour = "green" if check.passed else "red"
+        console.print(f"[{colour}]verify {check.artifact}[/{colour}]: {check.message} [dim]({check.method})[/dim]")
+    console.print(f"manifest {result.manifest_path}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.option("--all", "show_all", is_flag=True, help="Include core's default plugin.")
+def plugins(as_json, show_all):
+    """List installed plugins, their versions and the hooks they implement."""
+    from .manager import get_plugin_manager
+    from .plugins_info import describe_plugins
+
+    rows = describe_plugins(get_plugin_manager(), include_core=show_all)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "version", "family", "hooks", "module")
+    for row in rows:
+        table.add_row(row["name"], row["version"] or "", "yes" if row["family"] else "", ", ".join(row["hooks"]), row["module"])
+    Console().print(table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def families(as_json):
+    """List model families, their aliases and the model names each knows."""
+    from .manager import get_plugin_manager
+    from .plugins_info import describe_families
+
+    rows = describe_families(get_plugin_manager())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("family", "aliases", "description", "known models")
+    for row in rows:
+        table.add_row(row["name"], ", ".join(row["aliases"]), row["description"], ", ".join(row["known_models"]))
+    Console().print(table)
+
+
+@cli.command("sample-checkpoint")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--dims", "size", type=click.Choice(["tiny", "base", "small", "medium", "large-v3"]), default="tiny", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite PATH.")
+def sample_checkpoint(path, size, seed, force):
+    """Write a random-weight openai-format checkpoint with real dimensions (for trying wconv offline)."""
+    from .samples import write_random_checkpoint
+
+    if path.exists() and not force:
+        raise InputError(f"{path} already exists: pass --force to overwrite it")
+    write_random_checkpoint(path, size, seed)
+    click.echo(f"wrote {path} (random weights, {size} dims)")
+
+
+def quiet_libraries() -> None:
+    """coremltools logs missing macOS runtimes at import and draws progress bars: keep stderr to wconv's lines."""
+    import logging
+    import os
+    import warnings
+
+    if "--debug" in sys.argv:
+        return
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
+def main():
+    quiet_libraries()
+    cli(prog_name="wconv")

@@ -1,0 +1,139 @@
+"""Core's default stage implementations: an ordinary plugin whose hooks are all ``trylast``.
+
+trace: map the canonical weights onto the shared ANE modules and run ``torch.export``.
+convert: ``ct.convert`` to an fp16 ML program with the artifact's IO contract.
+postprocess: metadata and IO descriptions.
+verify: run the saved artifact (Core ML on macOS, the reference evaluator elsewhere) against the
+source model's fp32 encoder.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from . import ane
+from .hookspecs import hookimpl
+from .job import Artifact, Check, Job, LoadedModel
+from .verify import compare, reference_input, run_artifact
+
+IO_DESCRIPTIONS = {
+    "logmel_data": "log-mel spectrogram (1, n_mels, frames), float32, as whisper.cpp computes it",
+    "output": "encoder hidden states (1, frames/2, n_state), float32",
+}
+
+
+def build_module(model: LoadedModel, artifact: Artifact):
+    """The fp32 ANE PyTorch module for an artifact kind, loaded with the model's weights."""
+    if artifact.kind == "encoder":
+        return ane.build_encoder(model.dims, model.state_dict)
+    raise NotImplementedError(f"no ANE module for artifact kind '{artifact.kind}'")
+
+
+def example_inputs(artifact: Artifact) -> tuple:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = []
+    for spec in artifact.inputs:
+        if spec["dtype"].startswith("int"):
+            tensors.append(torch.zeros(spec["shape"], dtype=torch.int32))
+        else:
+            tensors.append(torch.randn(spec["shape"], generator=generator))
+    return tuple(tensors)
+
+
+def dynamic_shapes(artifact: Artifact):
+    """torch.export dims for inputs with enumerated frame counts (None: everything static)."""
+    from torch.export import Dim
+
+    specs = [spec.get("enumerated_frames") for spec in artifact.inputs]
+    if not any(specs):
+        return None
+    shapes = []
+    for frames in specs:
+        if frames:
+            half = Dim("half_frames", min=min(frames) // 2, max=max(frames) // 2)
+            shapes.append({2: 2 * half})
+        else:
+            shapes.append(None)
+    return tuple(shapes)
+
+
+@hookimpl(trylast=True)
+def wconv_trace(model, artifact):
+    import torch
+
+    module = build_module(model, artifact)
+    with torch.no_grad():
+        exported = torch.export.export(module, example_inputs(artifact), dynamic_shapes=dynamic_shapes(artifact))
+        return exported.run_decompositions({})
+
+
+def tensor_type(spec: dict):
+    import coremltools as ct
+
+    dtype = {"float32": np.float32, "float16": np.float16, "int32": np.int32}[spec["dtype"]]
+    frames = spec.get("enumerated_frames")
+    if frames:
+        shapes = [tuple(spec["shape"][:-1]) + (n,) for n in frames]
+        shape = ct.EnumeratedShapes(shapes=shapes, default=tuple(spec["shape"]))
+    else:
+        shape = tuple(spec["shape"])
+    return ct.TensorType(name=spec["name"], shape=shape, dtype=dtype)
+
+
+@hookimpl(trylast=True)
+def wconv_convert(traced, artifact, job):
+    import coremltools as ct
+
+    return ct.convert(
+        traced,
+        convert_to="mlprogram",
+        inputs=[tensor_type(spec) for spec in artifact.inputs],
+        outputs=[ct.TensorType(name=spec["name"], dtype=np.float32 if spec["dtype"] == "float32" else np.float16)
+                 for spec in artifact.outputs],
+        compute_precision=ct.precision.FLOAT16,
+        minimum_deployment_target=getattr(ct.target, job.min_target),
+        skip_model_load=True,
+    )
+
+
+@hookimpl(trylast=True)
+def wconv_postprocess(mlmodel, model, artifact, job):
+    from .manifest import package_version
+
+    mlmodel.author = "wconv"
+    mlmodel.short_description = f"Whisper {model.name} {artifact.kind} (ANE-optimized, fp16), converted by wconv from {model.family}:{job.source}"
+    mlmodel.version = package_version("wconv") or ""
+    mlmodel.user_defined_metadata.update({
+        "wconv.family": model.family,
+        "wconv.source": job.source,
+        "wconv.checkpoint_sha256": model.source_sha256,
+        "wconv.dims": json.dumps(model.dims.__dict__),
+    })
+    for spec in artifact.inputs:
+        if spec["name"] in IO_DESCRIPTIONS:
+            mlmodel.input_description[spec["name"]] = IO_DESCRIPTIONS[spec["name"]]
+    for spec in artifact.outputs:
+        if spec["name"] in IO_DESCRIPTIONS:
+            mlmodel.output_description[spec["name"]] = IO_DESCRIPTIONS[spec["name"]]
+
+
+@hookimpl(trylast=True)
+def wconv_verify(path, model, artifact, job):
+    if artifact.kind != "encoder" or model.reference_encoder is None:
+        return None
+    import torch
+
+    frames = artifact.inputs[0]["shape"][-1]
+    mel, described = reference_input(model.dims.n_mels, frames, job.verify_input)
+    with torch.no_grad():
+        reference = model.reference_encoder(torch.from_numpy(mel)).numpy()
+    actual, method = run_artifact(path, {"logmel_data": mel})
+    metrics = compare(reference, actual["output"])
+    passed = metrics["psnr"] >= job.min_psnr
+    verdict = "pass" if passed else "fail"
+    message = f"PSNR {metrics['psnr']:.1f} dB vs gate {job.min_psnr:g} dB ({verdict}); input: {described}"
+    return Check(artifact=artifact.filename, passed=passed, metrics=metrics, method=method, message=message)

@@ -1,0 +1,68 @@
+"""The plugin manager: built-ins, entry points of group ``wconv``, and family-restricted hook calls."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Iterable
+
+import pluggy
+
+from . import hookspecs
+from .errors import InputError
+
+# Core defaults first, then the built-in families; each registered under its entry-point name.
+BUILTIN_PLUGINS = {
+    "defaults": "wconv.defaults",
+    "openai": "wconv.plugins.openai_whisper",
+    "ct2": "wconv.plugins.ct2_whisper",
+    "hf": "wconv.plugins.hf_whisper",
+    "distil": "wconv.plugins.distil_whisper",
+}
+
+
+def get_plugin_manager(*, entrypoints: bool = True, builtins: bool = True, extra: Iterable[object] = ()) -> pluggy.PluginManager:
+    """A new plugin manager with the hook specs, built-ins, installed entry points and ``extra``.
+
+    ``WCONV_DISABLE_PLUGINS=a,b`` blocks entry points by name. A plugin that implements a hook
+    name that is not a spec (a misspelling) fails here with ``PluginValidationError``.
+    """
+    pm = pluggy.PluginManager("wconv")
+    pm.add_hookspecs(hookspecs)
+    if builtins:
+        for name, module in BUILTIN_PLUGINS.items():
+            pm.register(importlib.import_module(module), name)
+    if entrypoints:
+        for name in filter(None, os.environ.get("WCONV_DISABLE_PLUGINS", "").split(",")):
+            pm.set_blocked(name)
+        pm.load_setuptools_entrypoints("wconv")
+    for plugin in extra:
+        pm.register(plugin)
+    pm.check_pending()
+    return pm
+
+
+def family_names(pm: pluggy.PluginManager) -> list[str]:
+    """Registered names of the plugins that implement ``wconv_load`` (the model families)."""
+    return sorted(impl.plugin_name for impl in pm.hook.wconv_load.get_hookimpls())
+
+
+def resolve_family(pm: pluggy.PluginManager, name: str) -> str:
+    """The registered family for ``name`` or one of its aliases (a family's ``ALIASES``)."""
+    for family in family_names(pm):
+        if name == family or name in getattr(pm.get_plugin(family), "ALIASES", ()):
+            return family
+    raise InputError(f"unknown --family '{name}': choose one of {', '.join(family_names(pm))} (see `wconv families`)")
+
+
+class FamilyHooks:
+    """``pm.hook`` restricted to one family plus every plugin that is not a family."""
+
+    def __init__(self, pm: pluggy.PluginManager, family: str):
+        self._pm = pm
+        self._others = [pm.get_plugin(name) for name in family_names(pm) if name != family]
+
+    def __getattr__(self, hook_name: str):
+        caller = self._pm.subset_hook_caller(hook_name, remove_plugins=self._others)
+        setattr(self, hook_name, caller)
+        return caller

@@ -1,0 +1,91 @@
+"""manifest.json: what was converted, from what, with which tools, and how well it verified."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from .job import Check, Job, LoadedModel
+
+
+def manifest_filename(name: str) -> str:
+    """The manifest of model ``name`` lives beside its artifacts as ``<name>.manifest.json``."""
+    return f"{name}.manifest.json"
+
+
+def package_version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def describe_io(path: Path) -> dict:
+    """Names, shapes and dtypes of a saved .mlpackage's inputs, outputs and states, read from its spec."""
+    import coremltools as ct
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    dtype_names = {v: k.lower() for k, v in ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.items()}
+
+    def feature(f):
+        kind = f.type.WhichOneof("Type")
+        array = f.type.stateType.arrayType if kind == "stateType" else f.type.multiArrayType
+        entry = {"name": f.name, "shape": list(array.shape), "dtype": dtype_names.get(array.dataType, "?")}
+        enumerated = [list(s.shape) for s in array.enumeratedShapes.shapes]
+        if enumerated:
+            entry["enumerated_shapes"] = enumerated
+        return entry
+
+    return {
+        "inputs": [feature(f) for f in spec.description.input],
+        "outputs": [feature(f) for f in spec.description.output],
+        "states": [feature(f) for f in spec.description.state],
+        "specification_version": spec.specificationVersion,
+    }
+
+
+def build_manifest(model: LoadedModel, job: Job, artifacts: list[dict], checks: list[Check]) -> dict:
+    """The manifest dict for one converted model."""
+    return {
+        "wconv_manifest": 1,
+        "family": model.family,
+        "model": job.source,
+        "name": model.name,
+        "checkpoint_sha256": model.source_sha256,
+        "dims": dataclasses.asdict(model.dims),
+        "multilingual": model.multilingual,
+        "options": job.describe_options(),
+        "versions": {
+            "wconv": package_version("wconv"),
+            "torch": package_version("torch"),
+            "coremltools": package_version("coremltools"),
+            "python": platform.python_version(),
+        },
+        "artifacts": artifacts,
+        "verify": [check.to_dict() for check in checks],
+        **({"reused": model.extra["reused"]} if "reused" in model.extra else {}),
+    }
+
+
+def write_manifest(path: Path, manifest: dict) -> None:
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(path: Path) -> dict:
+    """Load a manifest given its file or the directory holding exactly one."""
+    from .errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.manifest.json"))
+        if len(found) != 1:
+            raise InputError(f"{path} holds {len(found)} wconv manifests: name the *.manifest.json file to use")
+        path = found[0]
+    if not path.is_file():
+        raise InputError(f"no wconv manifest at {path}: give an output directory of `wconv run` or its *.manifest.json")
+    manifest = json.loads(path.read_text())
+    manifest["_path"] = str(path)
+    return manifest

@@ -1,0 +1,65 @@
+"""Write artifacts so that nothing is lost: stage in a temp dir beside the output, rename at the end."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import InputError
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def refuse_to_overwrite(output: Path, names: list[str], force: bool) -> None:
+    """Fail (exit 2) before any work when an output exists and ``--force`` was not given."""
+    if force:
+        return
+    existing = [name for name in names if (output / name).exists()]
+    if existing:
+        raise InputError(f"{output / existing[0]} already exists: pass --force to overwrite it, or choose another --output")
+
+
+@contextmanager
+def staging_dir(output: Path):
+    """A temp dir inside ``output`` (created if needed); removed, with ``output`` if we made it, on error."""
+    created = not output.exists()
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".wconv-staging-", dir=output))
+    except OSError as e:
+        raise InputError(f"cannot write to output directory {output}: {e.strerror}; choose a writable --output") from e
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(output.iterdir()):
+            output.rmdir()
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(staging: Path, output: Path, names: list[str]) -> list[Path]:
+    """Move staged files/dirs into ``output``, replacing older versions only now, at the very end."""
+    published = []
+    for name in names:
+        target = output / name
+        if target.exists():
+            trash = Path(tempfile.mkdtemp(prefix=".wconv-old-", dir=output))
+            os.replace(target, trash / name)
+            os.replace(staging / name, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging / name, target)
+        published.append(target)
+    return published

@@ -1,0 +1,126 @@
+"""The conversion pipeline: load -> patch -> (trace -> convert -> postprocess -> save -> verify)
+per artifact -> manifest -> publish. Each stage is a hook; this module only runs them in order."""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pluggy
+from rich.console import Console
+
+from .artifacts import plan_artifacts
+from .errors import InputError, StageError, VerificationError, WconvError
+from .job import Check, Job, LoadedModel
+from .manager import FamilyHooks, get_plugin_manager, resolve_family
+from .manifest import build_manifest, describe_io, manifest_filename, write_manifest
+from .outputs import publish, refuse_to_overwrite, staging_dir
+
+
+@dataclass
+class Result:
+    """What one conversion produced."""
+
+    model: LoadedModel
+    paths: list[Path]
+    manifest_path: Path
+    manifest: dict
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+
+class StageReporter:
+    """Shows each stage on stderr with rich: a spinner while it runs, its time when done."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+
+    def run(self, label: str, call, **kwargs):
+        started = time.perf_counter()
+        with self.console.status(f"[bold]{label}[/bold] …"):
+            result = call(**kwargs)
+        self.console.print(f"[green]✓[/green] {label} [dim]({time.perf_counter() - started:.1f} s)[/dim]")
+        return result
+
+
+def call_stage(stage: str, caller, **kwargs):
+    """Call one hook; a plugin's exception becomes a StageError naming the stage and plugin(s)."""
+    try:
+        result = caller(**kwargs)
+    except WconvError:
+        raise
+    except Exception as e:
+        plugins = [impl.plugin_name for impl in caller.get_hookimpls()]
+        raise StageError(stage, plugins, f"{type(e).__name__}: {e}") from e
+    if caller.spec.opts.get("firstresult") and result is None:
+        raise StageError(stage, [], "no plugin handled this stage")
+    return result
+
+
+def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporter | None = None) -> Result:
+    """Convert ``job.source`` into Core ML artifacts in ``job.output``; see the module docstring."""
+    pm = pm or get_plugin_manager()
+    reporter = reporter or StageReporter()
+
+    def stage(name: str, label: str, hook, **kwargs):
+        return reporter.run(label, call_stage, stage=name, caller=hook, **kwargs)
+
+    hooks = FamilyHooks(pm, resolve_family(pm, job.family)) if job.family else pm.hook
+    model = stage("load", f"load {job.source}", hooks.wconv_load, job=job)
+    if model is None:
+        raise InputError(f"no model family recognises '{job.source}': pass --family (see `wconv families`)")
+    hooks = FamilyHooks(pm, model.family)
+    if job.name:
+        model.name = job.name
+    stage("patch", "patch", hooks.wconv_patch, model=model, job=job)
+
+    plan = plan_artifacts(model, job)
+    manifest_name = manifest_filename(model.name)
+    names = [artifact.filename for artifact in plan]
+    refuse_to_overwrite(job.output, names + [manifest_name], job.force)
+
+    checks: list[Check] = []
+    described: list[dict] = []
+    with staging_dir(job.output) as staging:
+        for artifact in plan:
+            what = artifact.filename
+            traced = stage("trace", f"trace {what}", hooks.wconv_trace, model=model, artifact=artifact, job=job)
+            mlmodel = stage("convert", f"convert {what}", hooks.wconv_convert, traced=traced, model=model, artifact=artifact, job=job)
+            del traced
+            stage("postprocess", f"postprocess {what}", hooks.wconv_postprocess, mlmodel=mlmodel, model=model, artifact=artifact, job=job)
+            reporter.run(f"save {what}", save_model, mlmodel=mlmodel, path=staging / what)
+            del mlmodel
+            gc.collect()
+            described.append({"file": what, "kind": artifact.kind, **describe_io(staging / what)})
+            if job.verify:
+                results = stage("verify", f"verify {what}", hooks.wconv_verify, path=staging / what, model=model, artifact=artifact, job=job)
+                checks.extend(flatten_checks(results))
+        manifest = build_manifest(model, job, described, checks)
+        write_manifest(staging / manifest_name, manifest)
+        paths = publish(staging, job.output, names + [manifest_name])
+
+    result = Result(model=model, paths=paths[:-1], manifest_path=paths[-1], manifest=manifest, checks=checks)
+    failed = [check for check in checks if not check.passed]
+    if failed:
+        raise VerificationError(f"verification failed for {failed[0].artifact}: {failed[0].message} (artifacts kept in {job.output})")
+    return result
+
+
+def save_model(mlmodel, path: Path) -> None:
+    mlmodel.save(str(path))
+
+
+def flatten_checks(results) -> list[Check]:
+    """verify returns one list per plugin, each a Check, a list of Checks, or None."""
+    flat: list[Check] = []
+    for item in results:
+        if isinstance(item, Check):
+            flat.append(item)
+        elif item:
+            flat.extend(item)
+    return flat

@@ -1,0 +1,60 @@
+"""Find and read openai-whisper checkpoints (always ``weights_only=True``)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from wconv.errors import InputError
+from wconv.outputs import sha256_file
+
+OFFICIAL_MODELS = (
+    "tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
+    "large-v1", "large-v2", "large-v3", "large-v3-turbo",
+)
+
+
+def resolve_checkpoint(source: str, explicit: bool) -> tuple[Path | None, str]:
+    """(checkpoint path, model name) for an official name or a local file; (None, "") if not ours.
+
+    Official names download through openai-whisper's cache (``~/.cache/whisper``) once.
+    With ``--family openai`` given, an unknown name or missing file is an error, not a pass.
+    """
+    if source in OFFICIAL_MODELS or source in ("large", "turbo"):
+        import whisper
+
+        root = os.path.join(os.getenv("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "whisper")
+        try:
+            path = whisper._download(whisper._MODELS[source], root, in_memory=False)
+        except OSError as e:
+            raise InputError(f"cannot download openai-whisper model '{source}' ({e}); pass a local .pt checkpoint instead") from e
+        return Path(path), source
+    path = Path(source)
+    if path.suffix == ".pt" or (explicit and path.exists()):
+        if not path.is_file():
+            raise InputError(f"checkpoint {path} does not exist: give an openai-whisper .pt file or one of {', '.join(OFFICIAL_MODELS)}")
+        return path, path.stem
+    if explicit:
+        raise InputError(f"unknown openai-whisper model '{source}': use one of {', '.join(OFFICIAL_MODELS)} or a .pt file")
+    return None, ""
+
+
+def load_checkpoint(path: Path):
+    """(ModelDimensions, canonical state dict, sha256) of an openai-format .pt file."""
+    from whisper.model import ModelDimensions
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as e:
+        raise InputError(f"cannot read checkpoint {path}: it is truncated or not a torch file ({str(e).splitlines()[0][:120]}); re-download or re-save it") from e
+    if not isinstance(checkpoint, dict) or "dims" not in checkpoint or "model_state_dict" not in checkpoint:
+        raise InputError(f"{path} is not an openai-whisper checkpoint (expected a dict with 'dims' and 'model_state_dict')")
+    try:
+        dims = ModelDimensions(**checkpoint["dims"])
+    except TypeError as e:
+        raise InputError(f"{path} has malformed 'dims': {e}") from e
+    return dims, dict(checkpoint["model_state_dict"]), sha256_file(path)
