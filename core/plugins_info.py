@@ -22,7 +22,7 @@ def describe_plugins(pm: pluggy.PluginManager, include_core: bool = False) -> li
             "module": getattr(plugin, "__name__", type(plugin).__name__),
             "version": dist.version if dist else package_version("wconv"),
             "family": name in families,
-            "hooks": sorted(impl.specname for caller in pm.get_hookcallers(plugin) for impl in caller.get_hookimpls() if impl.plugin is plugin),
+            "hooks": sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()),
         })
     return rows
 

@@ -1,0 +1,113 @@
+"""The pluggy host: built-ins as ordinary plugins, stage overrides, validation, `wconv plugins`."""
+
+import json
+import types
+
+import pluggy
+import pytest
+from click.testing import CliRunner
+
+import wconv
+from wconv import pipeline
+from wconv.cli import cli
+from wconv.errors import StageError
+from wconv.manager import family_names, get_plugin_manager, resolve_family
+from wconv.samples import write_random_checkpoint
+
+
+@pytest.fixture
+def pm():
+    return get_plugin_manager(entrypoints=False)
+
+
+def test_builtin_families_and_core_defaults_are_registered(pm):
+    assert "openai" in family_names(pm)
+    defaults = pm.get_plugin("defaults")
+    trylast = {caller.name for caller in pm.get_hookcallers(defaults) for impl in caller.get_hookimpls()
+               if impl.plugin is defaults and impl.trylast}
+    assert trylast == {"wconv_trace", "wconv_convert", "wconv_postprocess", "wconv_verify"}
+
+
+def test_aliases_resolve_to_families(pm):
+    assert resolve_family(pm, "openai-whisper") == "openai"
+    with pytest.raises(wconv.InputError, match="unknown --family 'nope'"):
+        resolve_family(pm, "nope")
+
+
+def test_misspelled_hook_is_an_error_at_check_pending():
+    misspelled = types.ModuleType("misspelled")
+    misspelled.wconv_patchh = wconv.hookimpl(lambda model: None)
+    with pytest.raises(pluggy.PluginValidationError, match="wconv_patchh"):
+        get_plugin_manager(entrypoints=False, extra=[misspelled])
+
+
+def test_a_test_plugin_overrides_one_stage_and_the_rest_are_defaults(pm, tmp_path):
+    """A non-family plugin sees convert first (tryfirst) and declines; it also edits postprocess."""
+    calls = []
+
+    class ConvertSpy:
+        @wconv.hookimpl(tryfirst=True)
+        def wconv_convert(self, traced, artifact, job):
+            calls.append(artifact.kind)
+            return None  # decline: the core default converts
+
+        @wconv.hookimpl
+        def wconv_postprocess(self, mlmodel):
+            mlmodel.user_defined_metadata["spy"] = "was here"
+
+    pm.register(ConvertSpy(), "spy")
+    checkpoint = write_random_checkpoint(tmp_path / "tiny.pt", "tiny")
+    result = pipeline.run(wconv.Job(source=str(checkpoint), output=tmp_path / "out", verify=False), pm)
+    assert calls == ["encoder"]
+    import coremltools as ct
+
+    saved = ct.models.MLModel(str(result.paths[0]), skip_model_load=True)
+    assert saved.user_defined_metadata["spy"] == "was here"
+
+
+def test_a_failing_plugin_is_named_with_its_stage(pm, tmp_path):
+    class Broken:
+        @wconv.hookimpl(tryfirst=True)
+        def wconv_trace(self, model):
+            raise RuntimeError("boom")
+
+    pm.register(Broken(), "broken")
+    checkpoint = write_random_checkpoint(tmp_path / "tiny.pt", "tiny")
+    with pytest.raises(StageError, match=r"stage 'trace' failed in plugin .*broken.*boom"):
+        pipeline.run(wconv.Job(source=str(checkpoint), output=tmp_path / "out", verify=False), pm)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_third_party_family_claims_its_sources(pm, tmp_path):
+    class AcmeFamily:
+        @wconv.hookimpl
+        def wconv_load(self, job):
+            if job.source != "acme/tiny":
+                return None
+            from wconv.samples import random_state_dict, real_dims
+
+            dims = real_dims("tiny")
+            return wconv.LoadedModel(family="acme", name="acme-tiny", dims=dims, state_dict=random_state_dict(dims),
+                                     source=job.source, source_sha256="0" * 64)
+
+    pm.register(AcmeFamily(), "acme")
+    assert "acme" in family_names(pm)
+    result = pipeline.run(wconv.Job(source="acme/tiny", output=tmp_path, verify=False), pm)
+    assert result.paths[0].name == "ggml-acme-tiny-encoder.mlpackage"
+    assert result.manifest["family"] == "acme"
+
+
+def test_plugins_command_lists_builtins_with_hooks():
+    result = CliRunner().invoke(cli, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert rows["openai"]["family"] is True
+    assert "wconv_load" in rows["openai"]["hooks"]
+    assert "defaults" not in rows
+
+
+def test_families_command_lists_known_models():
+    result = CliRunner().invoke(cli, ["families", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert "large-v3-turbo" in rows["openai"]["known_models"]
