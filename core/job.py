@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 DEFAULT_MIN_TARGET = "iOS16"
+# Options beyond Job's own fields, kept in ``Job.options`` (set by `wconv run` flags of the same name).
+EXTRA_OPTIONS = ("decoder", "target", "ggml_type", "layout", "parent", "convert_own_encoder")
 DEFAULT_MIN_PSNR = 35.0
 
 
