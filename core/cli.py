@@ -90,6 +90,43 @@ def report(result, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--against", help="Checkpoint, model name or dir to compare with (default: the source in the manifest).")
+@click.option("--family", help="Family of --against (default: the manifest's).")
+@click.option("--input", "verify_input", type=click.Path(path_type=Path), help="wav or .npy log-mel input (default: bundled speech).")
+@click.option("--min-psnr", type=float, default=DEFAULT_MIN_PSNR, show_default=True, help="Pass/fail gate in dB.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON (first check's metrics at top level).")
+def verify(artifact, against, family, verify_input, min_psnr, as_json):
+    """Run a saved ARTIFACT (.mlpackage) and compare it with its source model in fp32."""
+    from .sources import verify_saved
+
+    checks = verify_saved(artifact, against, family, verify_input, min_psnr)
+    if not checks:
+        raise InputError(f"no plugin can verify {artifact} (kind unknown)")
+    if as_json:
+        click.echo(json.dumps({**checks[0].metrics, "passed": all(c.passed for c in checks), "checks": [c.to_dict() for c in checks]}, indent=2))
+    else:
+        for check in checks:
+            click.echo(f"{check.artifact}: {check.message}; max abs {check.metrics['max_abs_error']:.4g}, "
+                       f"mean abs {check.metrics['mean_abs_error']:.4g}, cosine {check.metrics['cosine_similarity']:.6f} ({check.method})")
+    if not all(check.passed for check in checks):
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.argument("audio", type=click.Path(path_type=Path))
+@click.option("--language", help="Spoken language code (default: detect; English for .en models).")
+@click.option("--json", "as_json", is_flag=True, help="Print {text, tokens} as JSON.")
+def transcribe(target, audio, language, as_json):
+    """Transcribe AUDIO (.wav) with the converted model in TARGET (output dir or manifest)."""
+    from .transcribe import transcribe as run_transcription
+
+    result = run_transcription(target, audio, language)
+    click.echo(json.dumps(result) if as_json else result["text"])
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @click.option("--all", "show_all", is_flag=True, help="Include core's default plugin.")
 def plugins(as_json, show_all):

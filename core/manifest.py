@@ -53,6 +53,7 @@ def build_manifest(model: LoadedModel, job: Job, artifacts: list[dict], checks: 
         "wconv_manifest": 1,
         "family": model.family,
         "model": job.source,
+        "source": model.source,
         "name": model.name,
         "checkpoint_sha256": model.source_sha256,
         "dims": dataclasses.asdict(model.dims),

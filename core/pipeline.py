@@ -58,6 +58,8 @@ def call_stage(stage: str, caller, **kwargs):
         plugins = [impl.plugin_name for impl in caller.get_hookimpls()]
         raise StageError(stage, plugins, f"{type(e).__name__}: {e}") from e
     if caller.spec.opts.get("firstresult") and result is None:
+        if stage == "load":
+            raise InputError(f"no model family recognises '{kwargs['job'].source}': check the name or path, or pass --family (see `wconv families`)")
         raise StageError(stage, [], "no plugin handled this stage")
     return result
 
@@ -72,8 +74,6 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
 
     hooks = FamilyHooks(pm, resolve_family(pm, job.family)) if job.family else pm.hook
     model = stage("load", f"load {job.source}", hooks.wconv_load, job=job)
-    if model is None:
-        raise InputError(f"no model family recognises '{job.source}': pass --family (see `wconv families`)")
     hooks = FamilyHooks(pm, model.family)
     if job.name:
         model.name = job.name

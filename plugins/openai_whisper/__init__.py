@@ -25,7 +25,7 @@ def wconv_load(job):
         name=name,
         dims=dims,
         state_dict=state_dict,
-        source=str(path),
+        source=str(path.resolve()),
         source_sha256=sha256,
         reference_encoder=wconv.LazyEncoder(dims, state_dict),
         multilingual=dims.n_vocab >= 51865,

@@ -1,0 +1,69 @@
+"""`wconv transcribe`: speech to text through the converted artifacts of one output directory.
+
+The log-mel is computed on the host (openai-whisper's ``log_mel_spectrogram``), the encoder is the
+converted Core ML artifact (Core ML on macOS, the reference evaluator elsewhere), and the decoder is
+a converted Core ML decoder when the directory has one, else openai-whisper's PyTorch decoder built
+from the same source checkpoint (checked by sha256). Greedy decoding, no timestamps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .manifest import read_manifest
+from .verify import log_mel_of, run_artifact
+
+
+def encoder_artifact(manifest: dict) -> Path:
+    """The fixed-shape encoder listed in a manifest, as a path beside the manifest."""
+    folder = Path(manifest["_path"]).parent
+    for artifact in manifest["artifacts"]:
+        if artifact["kind"] == "encoder" and "enumerated_shapes" not in artifact["inputs"][0]:
+            path = folder / artifact["file"]
+            if not path.exists():
+                raise InputError(f"{path} is listed in {manifest['_path']} but missing: convert again with `wconv run`")
+            return path
+    raise InputError(f"{manifest['_path']} lists no encoder artifact")
+
+
+def encode(manifest: dict, audio: Path) -> tuple[np.ndarray, str]:
+    """Encoder output (1, 1500, n_state) float32 of a wav, and how it was computed."""
+    dims = manifest["dims"]
+    mel = log_mel_of(Path(audio), dims["n_mels"], 3000)
+    outputs, method = run_artifact(encoder_artifact(manifest), {"logmel_data": mel})
+    return np.asarray(outputs["output"], dtype=np.float32), method
+
+
+def decode_with_pytorch(manifest: dict, features: np.ndarray, language: str | None, pm=None) -> list[int]:
+    """Greedy tokens from openai-whisper's decoder on the same source checkpoint."""
+    import torch
+    import whisper
+
+    from .reference import whisper_model
+    from .sources import load_source
+
+    source = load_source(manifest["source"], manifest["family"], pm, expected_sha256=manifest["checkpoint_sha256"])
+    model = whisper_model(source.dims, source.state_dict, source.alignment_heads)
+    if language is None and not source.multilingual:
+        language = "en"
+    options = whisper.DecodingOptions(language=language, without_timestamps=True, fp16=False, temperature=0.0)
+    result = whisper.decode(model, torch.from_numpy(features), options)
+    return list(result[0].tokens if isinstance(result, list) else result.tokens)
+
+
+def transcribe(target: Path, audio: Path, language: str | None = None, pm=None) -> dict:
+    """Transcribe ``audio`` with the artifacts named by ``target`` (an output dir or a manifest)."""
+    import whisper.tokenizer
+
+    if not Path(audio).is_file():
+        raise InputError(f"audio file {audio} does not exist: give a 16 kHz (or any rate) .wav file")
+    manifest = read_manifest(Path(target))
+    features, encoder_method = encode(manifest, Path(audio))
+    tokens = decode_with_pytorch(manifest, features, language, pm)
+    multilingual = manifest["multilingual"]
+    tokenizer = whisper.tokenizer.get_tokenizer(multilingual, num_languages=manifest["dims"]["n_vocab"] - 51765 - int(multilingual))
+    text = tokenizer.decode([t for t in tokens if t < tokenizer.eot]).strip()
+    return {"text": text, "tokens": tokens, "encoder": encoder_method, "decoder": "pytorch"}
