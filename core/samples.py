@@ -36,6 +36,8 @@ def random_state_dict(dims, seed: int = 0) -> dict[str, torch.Tensor]:
     model = Whisper(dims)
     state = model.state_dict()
     generator = torch.Generator().manual_seed(seed + 1)
+    # openai-whisper leaves this Parameter uninitialised (torch.empty): give it real values.
+    state["decoder.positional_embedding"] = torch.randn(state["decoder.positional_embedding"].shape, generator=generator) * 0.02
     for name, tensor in state.items():
         if "ln" in name.split(".")[-2]:
             values = torch.randn(tensor.shape, generator=generator) * 0.5 + (1.0 if name.endswith("weight") else 0.0)
