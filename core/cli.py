@@ -14,8 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import InputError, WconvError
-from .job import DEFAULT_MIN_PSNR, DEFAULT_MIN_TARGET, Job
+from .job import DEFAULT_MIN_PSNR, DEFAULT_MIN_TARGET
 
+GGML_TYPES = ("f16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1")
 MIN_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 
 
@@ -64,14 +65,16 @@ def parse_audio_lengths(ctx, param, value):
 @click.option("--no-verify", is_flag=True, help="Skip verification of the saved artifacts.")
 @click.option("--min-psnr", type=float, default=DEFAULT_MIN_PSNR, show_default=True, help="Verification gate in dB.")
 @click.option("--verify-input", type=click.Path(path_type=Path), help="wav or .npy log-mel to verify with (default: bundled speech).")
+@click.option("--target", type=click.Choice(["whispercpp", "coreml"]), default="whispercpp", show_default=True,
+              help="whispercpp: Core ML encoder + ggml decoder file; coreml: Core ML artifacts only.")
+@click.option("--ggml-type", type=click.Choice(GGML_TYPES), default="f16", show_default=True, help="Weight type of the ggml file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
-def run(model, family, output, name, force, min_target, audio_lengths, no_verify, min_psnr, verify_input, as_json):
+def run(model, family, output, name, force, min_target, audio_lengths, no_verify, min_psnr, verify_input, target, ggml_type, as_json):
     """Convert MODEL (a name, path or hub id) into Core ML artifacts."""
     from .api import convert
 
-    job = Job(source=model, family=family, output=output, name=name, force=force, min_target=min_target,
-              audio_lengths=audio_lengths, verify=not no_verify, min_psnr=min_psnr, verify_input=verify_input)
-    result = convert(job)
+    result = convert(model, family, output, name=name, force=force, min_target=min_target, audio_lengths=audio_lengths,
+                     verify=not no_verify, min_psnr=min_psnr, verify_input=verify_input, target=target, ggml_type=ggml_type)
     report(result, as_json)
 
 
@@ -80,13 +83,15 @@ def report(result, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2))
         return
-    console = Console()
+    console = Console(soft_wrap=True)
     for path in result.paths:
         console.print(f"wrote {path}")
     for check in result.checks:
         colour = "green" if check.passed else "red"
         console.print(f"[{colour}]verify {check.artifact}[/{colour}]: {check.message} [dim]({check.method})[/dim]")
     console.print(f"manifest {result.manifest_path}")
+    for note in result.notes:
+        console.print(note)
 
 
 @cli.command()
@@ -174,6 +179,22 @@ def sample_checkpoint(path, size, seed, force):
         raise InputError(f"{path} already exists: pass --force to overwrite it")
     write_random_checkpoint(path, size, seed)
     click.echo(f"wrote {path} (random weights, {size} dims)")
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--jobs", "-j", "parallel", type=click.IntRange(min=1), default=1, show_default=True, help="How many jobs run at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per job on stdout as it ends.")
+@click.option("--force", is_flag=True, help="Redo up-to-date jobs and overwrite existing artifacts.")
+def batch(manifest, parallel, as_json, force):
+    """Run the conversions listed in MANIFEST (TOML), each in its own process; skip those up to date."""
+    from .batch import FAILED, load_batch, run_batch
+
+    jobs = load_batch(manifest, force)
+    print_json = (lambda outcome: click.echo(json.dumps(outcome.to_dict()))) if as_json else None
+    outcomes = run_batch(jobs, parallel, on_outcome=print_json)
+    if any(outcome.status == FAILED for outcome in outcomes):
+        sys.exit(1)
 
 
 def quiet_libraries() -> None:

@@ -4,6 +4,7 @@ per artifact -> manifest -> publish. Each stage is a hook; this module only runs
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from .job import Check, Job, LoadedModel
 from .manager import FamilyHooks, get_plugin_manager, resolve_family
 from .manifest import build_manifest, describe_io, manifest_filename, write_manifest
 from .outputs import publish, refuse_to_overwrite, staging_dir
+from .whispercpp import compile_for_whispercpp, ggml_filename, mac_hint, wants_ggml, write_ggml_model
 
 
 @dataclass
@@ -28,6 +30,7 @@ class Result:
     manifest_path: Path
     manifest: dict
     checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -82,6 +85,8 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
     plan = plan_artifacts(model, job)
     manifest_name = manifest_filename(model.name)
     names = [artifact.filename for artifact in plan]
+    if wants_ggml(job):
+        names.append(ggml_filename(model, job))
     refuse_to_overwrite(job.output, names + [manifest_name], job.force)
 
     checks: list[Check] = []
@@ -100,11 +105,18 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
             if job.verify:
                 results = stage("verify", f"verify {what}", hooks.wconv_verify, path=staging / what, model=model, artifact=artifact, job=job)
                 checks.extend(flatten_checks(results))
+        if wants_ggml(job):
+            ggml_path = reporter.run(f"write {names[-1]}", write_ggml_model, model=model, job=job, folder=staging)
+            described.append({"file": ggml_path.name, "kind": "ggml", "ggml_type": job.options.get("ggml_type", "f16")})
+            if sys.platform == "darwin":
+                names += [p.name for p in reporter.run("compile for whisper.cpp", compile_for_whispercpp, package=staging / plan[0].filename)]
         manifest = build_manifest(model, job, described, checks)
         write_manifest(staging / manifest_name, manifest)
         paths = publish(staging, job.output, names + [manifest_name])
 
     result = Result(model=model, paths=paths[:-1], manifest_path=paths[-1], manifest=manifest, checks=checks)
+    if wants_ggml(job) and sys.platform != "darwin":
+        result.notes.append(mac_hint(paths[0]))
     failed = [check for check in checks if not check.passed]
     if failed:
         raise VerificationError(f"verification failed for {failed[0].artifact}: {failed[0].message} (artifacts kept in {job.output})")

@@ -1,0 +1,56 @@
+"""The whisper.cpp hybrid target: the ggml model file beside the Core ML encoder, and the macOS
+compile step that turns ``ggml-<model>-encoder.mlpackage`` into the ``.mlmodelc`` whisper.cpp loads."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from .errors import ConversionError
+from .ggml import ggml_file_name, vocab_from_hf_tokenizer, vocab_from_tiktoken, write_ggml
+from .job import Job, LoadedModel
+
+def wants_ggml(job: Job) -> bool:
+    return job.options.get("target", "whispercpp") == "whispercpp"
+
+
+def ggml_filename(model: LoadedModel, job: Job) -> str:
+    return ggml_file_name(model.name, job.options.get("ggml_type", "f16"))
+
+
+def ggml_vocab(model: LoadedModel) -> list[bytes]:
+    """The model's own HF tokenizer when it has one, else openai-whisper's bundled tiktoken files."""
+    tokenizer_json = model.extra.get("tokenizer_json")
+    if tokenizer_json:
+        return vocab_from_hf_tokenizer(tokenizer_json)
+    return vocab_from_tiktoken(model.multilingual)
+
+
+def write_ggml_model(model: LoadedModel, job: Job, folder: Path) -> Path:
+    """Write ``ggml-<name>[-qX_Y].bin`` (whisper.cpp's decoder side) into ``folder``."""
+    return write_ggml(folder / ggml_filename(model, job), model.dims, model.state_dict, ggml_vocab(model),
+                      job.options.get("ggml_type", "f16"))
+
+
+def compile_command(package: Path, destination: Path) -> list[str]:
+    return ["xcrun", "coremlcompiler", "compile", str(package), str(destination)]
+
+
+def mac_hint(package: Path) -> str:
+    """What to run on a Mac to get the ``.mlmodelc`` whisper.cpp loads (Core ML cannot compile on Linux)."""
+    return f"on a Mac with Xcode: {shlex.join(compile_command(package, package.parent))}"
+
+
+def compile_for_whispercpp(package: Path) -> list[Path]:
+    """macOS: compile the encoder to ``.mlmodelc`` beside it and zip it; returns both paths."""
+    if shutil.which("xcrun") is None:
+        raise ConversionError("xcrun not found: install the full Xcode (not only the command line tools) to compile .mlmodelc")
+    done = subprocess.run(compile_command(package, package.parent), capture_output=True, text=True)
+    if done.returncode != 0:
+        first = (done.stderr or done.stdout).strip().splitlines()[:1]
+        raise ConversionError(f"xcrun coremlcompiler failed for {package.name}: {first[0] if first else done.returncode} (is the full Xcode installed and selected with xcode-select?)")
+    compiled = package.with_suffix(".mlmodelc")
+    archive = shutil.make_archive(str(compiled), "zip", root_dir=package.parent, base_dir=compiled.name)
+    return [compiled, Path(archive)]
