@@ -12,6 +12,7 @@ from typing import Any, Callable
 DEFAULT_MIN_TARGET = "iOS16"
 # Options beyond Job's own fields, kept in ``Job.options`` (set by `wconv run` flags of the same name).
 EXTRA_OPTIONS = ("decoder", "target", "ggml_type", "layout", "parent", "convert_own_encoder")
+EXTRA_DEFAULTS = {"target": "whispercpp", "ggml_type": "f16"}
 DEFAULT_MIN_PSNR = 35.0
 
 
