@@ -43,7 +43,7 @@ from .api import OPTION_NAMES, build_job
 from .errors import InputError, WconvError
 from .job import Job
 from .manifest import read_manifest
-from .outputs import sha256_file
+from .outputs import STAGING_PREFIX, sha256_file
 from .pipeline import Result, StageReporter, run
 
 
@@ -63,7 +63,7 @@ STATUS_STYLES = {DONE: "green", UP_TO_DATE: "cyan", FAILED: "red"}
 TOP_LEVEL_KEYS = ("output", "defaults", "job")
 JOB_KEYS = tuple(JOB_SETTINGS) + OPTION_NAMES
 CHECKSUM_CACHE = ".wconv-checksums.json"
-STAGING_GLOB = ".wconv-staging-*"  # the prefix outputs.staging_dir gives its temp dirs
+STAGING_GLOB = STAGING_PREFIX + "*"
 
 
 @dataclass(frozen=True)

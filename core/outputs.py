@@ -11,6 +11,8 @@ from pathlib import Path
 
 from .errors import InputError
 
+STAGING_PREFIX = ".wconv-staging-"
+
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     """Hex sha256 of a file's bytes."""
@@ -36,7 +38,7 @@ def staging_dir(output: Path):
     created = not output.exists()
     try:
         output.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".wconv-staging-", dir=output))
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output))
     except OSError as e:
         raise InputError(f"cannot write to output directory {output}: {e.strerror}; choose a writable --output") from e
     try:
