@@ -67,7 +67,7 @@ def build_manifest(model: LoadedModel, job: Job, artifacts: list[dict], checks: 
         },
         "artifacts": artifacts,
         "verify": [check.to_dict() for check in checks],
-        **({"reused": model.extra["reused"]} if "reused" in model.extra else {}),
+        **({"reused": model.extra["reuse"]} if model.extra.get("reuse") else {}),
     }
 
 

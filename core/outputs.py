@@ -65,3 +65,16 @@ def publish(staging: Path, output: Path, names: list[str]) -> list[Path]:
             os.replace(staging / name, target)
         published.append(target)
     return published
+
+
+def link_or_copy(source: str, target: str) -> None:
+    """Hard-link a file (same bytes, no extra space); copy it where links cannot cross file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """Re-use a converted package under a new name: its files hard-linked (or copied) into ``target``."""
+    shutil.copytree(source, target, copy_function=link_or_copy)

@@ -17,7 +17,7 @@ from .errors import InputError, StageError, VerificationError, WconvError
 from .job import Check, Job, LoadedModel
 from .manager import FamilyHooks, get_plugin_manager, resolve_family
 from .manifest import build_manifest, describe_io, manifest_filename, write_manifest
-from .outputs import publish, refuse_to_overwrite, staging_dir
+from .outputs import link_tree, publish, refuse_to_overwrite, staging_dir
 from .whispercpp import compile_for_whispercpp, ggml_filename, mac_hint, wants_ggml, write_ggml_model
 
 
@@ -37,16 +37,32 @@ class Result:
         return all(check.passed for check in self.checks)
 
 
+STDERR = Console(stderr=True)
+
+
 class StageReporter:
-    """Shows each stage on stderr with rich: a spinner while it runs, its time when done."""
+    """Shows each stage on stderr with rich: a spinner while it runs, its time when done.
+
+    A pipeline run inside a stage (distil converting its parent) prints its stages without a
+    second spinner: rich allows one live display per console.
+    """
+
+    active = 0
 
     def __init__(self, console: Console | None = None):
-        self.console = console or Console(stderr=True)
+        self.console = console or STDERR
 
     def run(self, label: str, call, **kwargs):
         started = time.perf_counter()
-        with self.console.status(f"[bold]{label}[/bold] …"):
-            result = call(**kwargs)
+        StageReporter.active += 1
+        try:
+            if StageReporter.active == 1:
+                with self.console.status(f"[bold]{label}[/bold] …"):
+                    result = call(**kwargs)
+            else:
+                result = call(**kwargs)
+        finally:
+            StageReporter.active -= 1
         self.console.print(f"[green]✓[/green] {label} [dim]({time.perf_counter() - started:.1f} s)[/dim]")
         return result
 
@@ -92,8 +108,13 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
     checks: list[Check] = []
     described: list[dict] = []
     with staging_dir(job.output) as staging:
+        reused = model.extra.get("reuse", {})
         for artifact in plan:
             what = artifact.filename
+            if what in reused:
+                reporter.run(f"reuse {what} from {reused[what]['parent']}", link_tree, source=Path(reused[what]["path"]), target=staging / what)
+                described.append({"file": what, "kind": artifact.kind, "reused_from": reused[what]["path"], **describe_io(staging / what)})
+                continue
             traced = stage("trace", f"trace {what}", hooks.wconv_trace, model=model, artifact=artifact, job=job)
             mlmodel = stage("convert", f"convert {what}", hooks.wconv_convert, traced=traced, model=model, artifact=artifact, job=job)
             del traced

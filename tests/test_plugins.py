@@ -21,7 +21,7 @@ def pm():
 
 
 def test_builtin_families_and_core_defaults_are_registered(pm):
-    assert "openai" in family_names(pm)
+    assert family_names(pm) == ["ct2", "distil", "hf", "openai"]
     defaults = pm.get_plugin("defaults")
     trylast = {caller.name for caller in pm.get_hookcallers(defaults) for impl in caller.get_hookimpls()
                if impl.plugin is defaults and impl.trylast}

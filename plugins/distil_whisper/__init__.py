@@ -1,0 +1,36 @@
+"""distil-whisper family: reuse the parent's converted encoder instead of converting it again.
+
+Distil-Whisper keeps its teacher's encoder and shrinks only the decoder, so its Core ML encoder is
+the parent's. This family loads the distil checkpoint (a Transformers directory or hub id, read by
+the ``hf`` family), loads the parent (a known parent by name, or ``--parent``), proves that every
+encoder tensor is the same (per-tensor sha256 of the fp16 values), finds the parent's converted
+encoder (in the output directory or wconv's cache, by parent name and checkpoint sha256; if there
+is none it converts the parent once, through the parent's own family, into the cache) and has the
+pipeline link that package as ``ggml-<distil-name>-encoder.mlpackage``: no trace, no convert.
+The decoder side (ggml file, Core ML decoders) is the distil model's own.
+"""
+
+from __future__ import annotations
+
+import wconv
+
+from .reuse import KNOWN_PARENTS, parent_encoder_reuse, resolve_distil
+
+ALIASES = ("distil-whisper",)
+KNOWN_MODELS = tuple(KNOWN_PARENTS)
+DESCRIPTION = "distil-whisper (HF format): reuses the parent's converted encoder"
+
+
+@wconv.hookimpl
+def wconv_load(job):
+    distil = resolve_distil(job)
+    if distil is None:
+        return None
+    from wconv.plugins.hf_whisper import wconv_load as load_transformers
+
+    model = load_transformers(job=job.replace(source=distil.checkpoint, family="hf"))
+    model.family = "distil"
+    model.name = job.name or distil.name
+    if not job.options.get("convert_own_encoder"):
+        model.extra["reuse"] = parent_encoder_reuse(model, distil.parent, job)
+    return model
