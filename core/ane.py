@@ -6,7 +6,12 @@ ANE rules applied here (Apple's ml-ane-transformers principles, written anew):
 * every ``nn.Linear`` is a 1x1 ``nn.Conv2d``; the audio convolutions are ``(1, 3)`` Conv2d;
 * attention is computed per head (split-einsum), no reshape of the sequence into heads;
 * :class:`ChannelLayerNorm` normalises over the channel axis and applies ``x̂ * weight + bias``,
-  which equals ``torch.nn.LayerNorm`` for *any* affine parameters (zero weights included).
+  which equals ``torch.nn.LayerNorm`` for *any* affine parameters (zero weights included);
+* no tensor dimension of a weight or a matmul exceeds 16384 (the largest the ANE loads): the
+  vocabulary projection is computed in chunks.
+
+The encoder runs whole sequences; the :class:`TextDecoder` runs one token per call against a
+self-attention key/value cache that the Core ML wrappers in :mod:`wconv.decoder` keep.
 
 Module and parameter names equal openai-whisper's, so a family only has to name its weights the
 openai way (the *canonical* state dict) and :func:`load_canonical` reshapes them into place.
@@ -19,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConversionError
+
+ANE_MAX_DIM = 16384  # the largest tensor dimension the Neural Engine loads (whisper.cpp, WhisperKit)
 
 
 class ChannelLayerNorm(nn.Module):
@@ -38,21 +45,23 @@ class ChannelLayerNorm(nn.Module):
         return normalized * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
-def split_head_attention(q, k, v, n_head: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+def split_head_attention(q, k, v, n_head: int, mask: torch.Tensor | None = None):
     """Scaled dot-product attention on ``(B, C, 1, S)`` tensors, one einsum pair per head.
 
     ``mask`` is additive, shaped ``(1, S_k, 1, S_q)`` (keys on dim 1, like the scores).
+    Returns the attended values and the list of each head's weights ``(B, S_k, 1, S_q)``.
     """
     head_dim = q.shape[1] // n_head
     q = q * head_dim**-0.5
-    heads = []
+    heads, head_weights = [], []
     for q_h, k_h, v_h in zip(q.split(head_dim, 1), k.split(head_dim, 1), v.split(head_dim, 1)):
         scores = torch.einsum("bchq,bkhc->bkhq", q_h, k_h.transpose(1, 3))
         if mask is not None:
             scores = scores + mask
         weights = scores.softmax(dim=1)
         heads.append(torch.einsum("bkhq,bchk->bchq", weights, v_h))
-    return torch.cat(heads, dim=1)
+        head_weights.append(weights)
+    return torch.cat(heads, dim=1), head_weights
 
 
 class MultiHeadAttention(nn.Module):
@@ -66,10 +75,19 @@ class MultiHeadAttention(nn.Module):
         self.value = nn.Conv2d(n_state, n_state, 1)
         self.out = nn.Conv2d(n_state, n_state, 1)
 
-    def forward(self, x, context=None, mask=None):
+    def forward(self, x, context=None, mask=None, kv_cache=None):
+        """Attend from ``x`` to ``context`` (default: ``x``); returns the output and the per-head weights.
+
+        ``kv_cache`` (decoding, one token per call) takes this call's keys and values and returns
+        the ones to attend over: the cache with the new ones written in.
+        """
+        query = self.query(x)
         source = x if context is None else context
-        attended = split_head_attention(self.query(x), self.key(source), self.value(source), self.n_head, mask)
-        return self.out(attended)
+        key, value = self.key(source), self.value(source)
+        if kv_cache is not None:
+            key, value = kv_cache(key, value)
+        attended, weights = split_head_attention(query, key, value, self.n_head, mask)
+        return self.out(attended), weights
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -84,11 +102,18 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Conv2d(n_state, 4 * n_state, 1), nn.GELU(), nn.Conv2d(4 * n_state, n_state, 1))
         self.mlp_ln = ChannelLayerNorm(n_state)
 
-    def forward(self, x, context=None, mask=None):
-        x = x + self.attn(self.attn_ln(x), mask=mask)
+    def forward(self, x, context=None, mask=None, kv_cache=None):
+        """The block's output and its cross-attention weights per head (empty without cross-attention).
+
+        ``mask`` and ``kv_cache`` apply to the self-attention.
+        """
+        attended, _ = self.attn(self.attn_ln(x), mask=mask, kv_cache=kv_cache)
+        x = x + attended
+        cross_weights = []
         if self.cross_attn is not None:
-            x = x + self.cross_attn(self.cross_attn_ln(x), context)
-        return x + self.mlp(self.mlp_ln(x))
+            attended, cross_weights = self.cross_attn(self.cross_attn_ln(x), context)
+            x = x + attended
+        return x + self.mlp(self.mlp_ln(x)), cross_weights
 
 
 class AudioEncoder(nn.Module):
@@ -117,11 +142,76 @@ class AudioEncoder(nn.Module):
         positions = self.positional_embedding[: x.shape[-1]].transpose(0, 1)
         x = x + positions.unsqueeze(0).unsqueeze(2)
         for block in self.blocks:
-            x = block(x)
+            x, _ = block(x)
         x = self.ln_post(x)
         if self.channels_first_output:
             return x
         return x.squeeze(2).transpose(1, 2)
+
+
+class TokenEmbedding(nn.Module):
+    """Whisper's token embedding, which is also its output projection (tied weights).
+
+    Both read the table through the same chunks of at most :data:`ANE_MAX_DIM` rows, shaped as 1x1
+    conv kernels: the logits are one conv per chunk, and the look-up gathers from every chunk and
+    keeps the chunk that holds the token, so the converted model stores the table once.
+    """
+
+    def __init__(self, n_vocab: int, n_state: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_vocab, n_state))
+        n_chunks = -(-n_vocab // ANE_MAX_DIM)
+        self.chunk_rows = -(-n_vocab // n_chunks)
+
+    def kernels(self) -> list[tuple[int, torch.Tensor]]:
+        """(first token id, ``(rows, n_state, 1, 1)`` kernel) of every chunk."""
+        chunks = self.weight.split(self.chunk_rows)
+        return [(i * self.chunk_rows, rows[:, :, None, None]) for i, rows in enumerate(chunks)]
+
+    def forward(self, token: torch.Tensor) -> torch.Tensor:
+        """The embedding ``(1, n_state, 1, 1)`` of one token id (an int tensor of shape ``(1,)``)."""
+        embedded = 0
+        for first, kernel in self.kernels():
+            row = token - first
+            clamped = row.clamp(0, kernel.shape[0] - 1)
+            found = kernel.index_select(0, clamped)
+            embedded = embedded + found * (clamped == row).to(found.dtype).view(1, 1, 1, 1)
+        return embedded
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden @ weight.T`` for ``(1, n_state, 1, S)`` hidden states, as ``(1, n_vocab, 1, S)``."""
+        return torch.cat([F.conv2d(hidden, kernel) for _, kernel in self.kernels()], dim=1)
+
+
+class TextDecoder(nn.Module):
+    """Whisper's text decoder in ANE layout, one token per call.
+
+    Takes the token id and its position (int tensors of shape ``(1,)``), the encoder output
+    ``(1, n_state, 1, n_audio_ctx)``, one ``kv_cache`` function per layer (see
+    :class:`MultiHeadAttention`) and the additive self-attention mask ``(1, n_text_ctx, 1, 1)`` over
+    the cached positions. Returns logits ``(1, n_vocab, 1, 1)`` and every layer's per-head
+    cross-attention weights. Cross-attention keys and values are computed from the encoder output
+    at every call (the choice is measured in :mod:`wconv.decoder`).
+    """
+
+    def __init__(self, dims):
+        super().__init__()
+        n_state = dims.n_text_state
+        self.token_embedding = TokenEmbedding(dims.n_vocab, n_state)
+        self.positional_embedding = nn.Parameter(torch.zeros(dims.n_text_ctx, n_state))
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(n_state, dims.n_text_head, cross_attention=True) for _ in range(dims.n_text_layer)
+        )
+        self.ln = ChannelLayerNorm(n_state)
+
+    def forward(self, token, position, encoder_output, kv_caches, mask):
+        position_embedding = self.positional_embedding.index_select(0, position).view(1, -1, 1, 1)
+        x = self.token_embedding(token) + position_embedding
+        cross_weights = []
+        for block, kv_cache in zip(self.blocks, kv_caches):
+            x, weights = block(x, encoder_output, mask, kv_cache)
+            cross_weights.append(weights)
+        return self.token_embedding.logits(self.ln(x)), cross_weights
 
 
 def load_canonical(module: nn.Module, state_dict: dict, prefix: str) -> nn.Module:

@@ -1,10 +1,20 @@
-"""What a job produces: the list of Core ML artifacts, their file names and IO contracts."""
+"""What a job produces: the list of Core ML artifacts, their file names and IO contracts.
+
+File names, ``<name>`` being ``model.name``:
+
+* ``ggml-<name>-encoder.mlpackage`` (``-flex`` with enumerated lengths): whisper.cpp finds its
+  encoder by this name beside ``ggml-<name>.bin``; pure Core ML hosts use it too;
+* ``<name>-decoder-stateful.mlpackage`` and ``<name>-decoder-cache-io.mlpackage`` (``--decoder``):
+  pure Core ML text decoders, which no whisper.cpp build loads, hence no ``ggml-`` prefix.
+"""
 
 from __future__ import annotations
 
+from .errors import InputError
 from .job import Artifact, Job, LoadedModel
 
 N_FRAMES = 3000  # 30 s of audio at whisper's 10 ms hop
+MASKED = -1e4  # additive attention mask of a position not to attend to (WhisperKit's value; fp16-safe)
 
 
 def encoder_filename(name: str, suffix: str = "") -> str:
@@ -30,9 +40,92 @@ def whispercpp_encoder(model: LoadedModel, frames: tuple[int, ...] = (N_FRAMES,)
     )
 
 
+def decoder_filename(name: str, variant: str) -> str:
+    return f"{name}-decoder-{variant}.mlpackage"
+
+
+def kv_state_name(kind: str, layer: int) -> str:
+    """The stateful decoder's state (and PyTorch buffer) holding one layer's self-attention ``key``s or ``value``s."""
+    return f"{kind}_cache_{layer}"
+
+
+def token_inputs() -> list[dict]:
+    """The token id and its position, as WhisperKit names them."""
+    return [{"name": "input_ids", "shape": [1], "dtype": "int32"},
+            {"name": "cache_length", "shape": [1], "dtype": "int32"}]
+
+
+def encoder_output_input(model: LoadedModel) -> dict:
+    """The encoder output in ANE layout ``(1, D, 1, n_audio_ctx)``; a host transposes whisper.cpp's ``(1, n_audio_ctx, D)``."""
+    dims = model.dims
+    return {"name": "encoder_output_embeds", "shape": [1, dims.n_audio_state, 1, dims.n_audio_ctx], "dtype": "float16"}
+
+
+def logits_output(model: LoadedModel) -> dict:
+    return {"name": "logits", "shape": [1, 1, model.dims.n_vocab], "dtype": "float16"}
+
+
+def stateful_decoder(model: LoadedModel) -> Artifact:
+    """One decoding step whose self-attention keys and values stay in Core ML states (``MLState``, iOS 18).
+
+    Per token only the token id, its position and the encoder output go in and the logits come
+    out; each layer's keys and values are fp16 states ``(1, D, 1, n_text_ctx)`` written in the graph.
+    """
+    dims = model.dims
+    cache_shape = [1, dims.n_text_state, 1, dims.n_text_ctx]
+    states = [{"name": kv_state_name(kind, layer), "shape": cache_shape, "dtype": "float16"}
+              for layer in range(dims.n_text_layer) for kind in ("key", "value")]
+    return Artifact(
+        kind="decoder-stateful",
+        filename=decoder_filename(model.name, "stateful"),
+        inputs=token_inputs() + [encoder_output_input(model)],
+        outputs=[logits_output(model)],
+        options={"min_target": "iOS18", "states": states},
+    )
+
+
+def cache_io_decoder(model: LoadedModel) -> Artifact:
+    """WhisperKit's TextDecoder contract (iOS 16): the host keeps the self-attention cache.
+
+    ``key_cache``/``value_cache`` ``(1, D*L, 1, n_text_ctx)`` go in with the one-hot
+    ``kv_cache_update_mask`` (the step's position) and the additive ``decoder_key_padding_mask``
+    (0 attend, -1e4 not); the step's keys and values come out as ``(1, D*L, 1, 1)`` slices for the
+    host to write at that position. ``alignment_heads_weights`` (mean cross-attention over the
+    model's alignment heads) is there when the model has alignment heads.
+    """
+    dims = model.dims
+    cache_width = dims.n_text_state * dims.n_text_layer
+    cache = {"shape": [1, cache_width, 1, dims.n_text_ctx], "dtype": "float16"}
+    slice_ = {"shape": [1, cache_width, 1, 1], "dtype": "float16"}
+    mask = {"shape": [1, dims.n_text_ctx], "dtype": "float16"}
+    outputs = [logits_output(model), {"name": "key_cache_updates", **slice_}, {"name": "value_cache_updates", **slice_}]
+    if model.alignment_heads:
+        outputs.append({"name": "alignment_heads_weights", "shape": [1, dims.n_audio_ctx], "dtype": "float16"})
+    return Artifact(
+        kind="decoder-cache-io",
+        filename=decoder_filename(model.name, "cache-io"),
+        inputs=token_inputs() + [
+            {"name": "key_cache", **cache},
+            {"name": "value_cache", **cache},
+            {"name": "kv_cache_update_mask", **mask},
+            encoder_output_input(model),
+            {"name": "decoder_key_padding_mask", **mask},
+        ],
+        outputs=outputs,
+    )
+
+
+DECODERS = {"stateful": stateful_decoder, "cache-io": cache_io_decoder}
+
+
 def plan_artifacts(model: LoadedModel, job: Job) -> list[Artifact]:
     """Every Core ML artifact this job writes, in conversion order."""
     plan = [whispercpp_encoder(model)]
     if job.audio_lengths:
         plan.append(whispercpp_encoder(model, tuple(job.audio_lengths)))
+    variant = job.options.get("decoder")
+    if variant:
+        if variant not in DECODERS:
+            raise InputError(f"unknown decoder '{variant}': choose one of {', '.join(DECODERS)}")
+        plan.append(DECODERS[variant](model))
     return plan

@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-from . import ane
+from . import ane, decoder
 from .hookspecs import hookimpl
 from .job import Artifact, Check, Job, LoadedModel
 from .verify import compare, reference_input, run_artifact
@@ -21,13 +21,27 @@ from .verify import compare, reference_input, run_artifact
 IO_DESCRIPTIONS = {
     "logmel_data": "log-mel spectrogram (1, n_mels, frames), float32, as whisper.cpp computes it",
     "output": "encoder hidden states (1, frames/2, n_state), float32",
+    "input_ids": "token id of this decoding step",
+    "cache_length": "position of this token: the number of tokens decoded before it",
+    "encoder_output_embeds": "encoder output (1, n_state, 1, 1500), fp16 (the encoder's (1, 1500, n_state) transposed)",
+    "key_cache": "every layer's self-attention keys, concatenated on dim 1",
+    "value_cache": "every layer's self-attention values, concatenated on dim 1",
+    "kv_cache_update_mask": "one-hot: 1 at this token's position",
+    "decoder_key_padding_mask": "additive: 0 at positions 0..cache_length, -1e4 after",
+    "logits": "next-token logits",
+    "key_cache_updates": "this token's keys, to write into key_cache at cache_length",
+    "value_cache_updates": "this token's values, to write into value_cache at cache_length",
+    "alignment_heads_weights": "cross-attention weights averaged over the alignment heads",
 }
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32}
 
 
 def build_module(model: LoadedModel, artifact: Artifact):
     """The fp32 ANE PyTorch module for an artifact kind, loaded with the model's weights."""
     if artifact.kind == "encoder":
         return ane.build_encoder(model.dims, model.state_dict)
+    if artifact.kind.startswith("decoder-"):
+        return decoder.build_decoder(artifact.kind, model.dims, model.state_dict, model.alignment_heads)
     raise NotImplementedError(f"no ANE module for artifact kind '{artifact.kind}'")
 
 
@@ -74,7 +88,7 @@ def wconv_trace(model, artifact):
 def tensor_type(spec: dict):
     import coremltools as ct
 
-    dtype = {"float32": np.float32, "float16": np.float16, "int32": np.int32}[spec["dtype"]]
+    dtype = NUMPY_DTYPES[spec["dtype"]]
     frames = spec.get("enumerated_frames")
     if frames:
         shapes = [tuple(spec["shape"][:-1]) + (n,) for n in frames]
@@ -88,14 +102,18 @@ def tensor_type(spec: dict):
 def wconv_convert(traced, artifact, job):
     import coremltools as ct
 
+    target = max(getattr(ct.target, job.min_target), getattr(ct.target, artifact.options.get("min_target", job.min_target)))
+    states = [ct.StateType(wrapped_type=ct.TensorType(shape=spec["shape"], dtype=NUMPY_DTYPES[spec["dtype"]]), name=spec["name"])
+              for spec in artifact.options.get("states", [])]
     return ct.convert(
         traced,
         convert_to="mlprogram",
         inputs=[tensor_type(spec) for spec in artifact.inputs],
         outputs=[ct.TensorType(name=spec["name"], dtype=np.float32 if spec["dtype"] == "float32" else np.float16)
                  for spec in artifact.outputs],
+        states=states or None,
         compute_precision=ct.precision.FLOAT16,
-        minimum_deployment_target=getattr(ct.target, job.min_target),
+        minimum_deployment_target=target,
         skip_model_load=True,
     )
 

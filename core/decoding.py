@@ -1,0 +1,158 @@
+"""Greedy decoding on the host, one prediction of a converted decoder (stateful or cache-io) per token.
+
+The tokens equal openai-whisper's ``decode(model, mel, DecodingOptions(language=..., task="transcribe",
+without_timestamps=True, temperature=0))``: the prompt is its ``sot_sequence_including_notimestamps``,
+the "-1" set of non-speech and special tokens is always suppressed (``SuppressTokens``), blank and
+end-of-text are suppressed at the first sampled token (``SuppressBlank``), and at most
+``n_text_ctx // 2`` tokens are sampled (its ``sample_len``), never past the text context.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .artifacts import MASKED
+from .errors import InputError
+
+StepFunction = Callable[[int, int], np.ndarray]  # (token, position) -> logits (n_vocab,)
+
+
+def load_decoder(path: Path):
+    """A saved decoder ready for repeated predictions: Core ML on macOS, wconv's evaluator elsewhere.
+
+    Both answer ``predict(inputs, state=None)`` and ``make_state()``.
+    """
+    if sys.platform == "darwin":
+        import coremltools as ct
+
+        return ct.models.MLModel(str(path))
+    from .evaluator import MLProgramEvaluator
+
+    return MLProgramEvaluator.load(path)
+
+
+def channels_first(encoder_output: np.ndarray) -> np.ndarray:
+    """whisper.cpp's encoder output ``(1, n_audio_ctx, D)`` as the decoders' fp16 ``(1, D, 1, n_audio_ctx)``."""
+    return np.ascontiguousarray(encoder_output.transpose(0, 2, 1)[:, :, None, :], dtype=np.float16)
+
+
+class StatefulSteps:
+    """Steps of a stateful decoder: its Core ML state holds the self-attention cache."""
+
+    def __init__(self, model, encoder_output_embeds: np.ndarray):
+        self.model = model
+        self.state = model.make_state()
+        self.encoder_output_embeds = encoder_output_embeds
+
+    def __call__(self, token: int, position: int) -> np.ndarray:
+        inputs = {
+            "input_ids": np.array([token], dtype=np.int32),
+            "cache_length": np.array([position], dtype=np.int32),
+            "encoder_output_embeds": self.encoder_output_embeds,
+        }
+        return self.model.predict(inputs, state=self.state)["logits"].reshape(-1)
+
+
+class CacheIOSteps:
+    """Steps of a cache-io decoder, driven as WhisperKit does: the host owns caches and masks.
+
+    Each step unmasks its own position, marks it in the one-hot update mask, and afterwards
+    writes the returned key/value slices into the host caches at that position. Caches and masks
+    have the float type of ``encoder_output_embeds`` (fp16 for Core ML).
+    """
+
+    def __init__(self, model, encoder_output_embeds: np.ndarray, dims):
+        self.model = model
+        self.encoder_output_embeds = encoder_output_embeds
+        dtype = encoder_output_embeds.dtype
+        cache_shape = (1, dims.n_text_state * dims.n_text_layer, 1, dims.n_text_ctx)
+        self.key_cache = np.zeros(cache_shape, dtype=dtype)
+        self.value_cache = np.zeros(cache_shape, dtype=dtype)
+        self.padding_mask = np.full((1, dims.n_text_ctx), MASKED, dtype=dtype)
+
+    def __call__(self, token: int, position: int) -> np.ndarray:
+        update_mask = np.zeros_like(self.padding_mask)
+        update_mask[0, position] = 1
+        self.padding_mask[0, position] = 0
+        outputs = self.model.predict({
+            "input_ids": np.array([token], dtype=np.int32),
+            "cache_length": np.array([position], dtype=np.int32),
+            "key_cache": self.key_cache,
+            "value_cache": self.value_cache,
+            "kv_cache_update_mask": update_mask,
+            "encoder_output_embeds": self.encoder_output_embeds,
+            "decoder_key_padding_mask": self.padding_mask,
+        })
+        self.key_cache[..., position] = outputs["key_cache_updates"][..., 0]
+        self.value_cache[..., position] = outputs["value_cache_updates"][..., 0]
+        return outputs["logits"].reshape(-1)
+
+
+def decoder_steps(variant: str, model, encoder_output_embeds: np.ndarray, dims) -> StepFunction:
+    """The step function of a loaded ``stateful`` or ``cache-io`` decoder for one encoder output ``(1, D, 1, n_audio_ctx)``."""
+    if variant == "stateful":
+        return StatefulSteps(model, encoder_output_embeds)
+    if variant == "cache-io":
+        return CacheIOSteps(model, encoder_output_embeds, dims)
+    raise InputError(f"unknown decoder variant '{variant}': stateful or cache-io")
+
+
+def greedy_decode(step: StepFunction, prompt_tokens: Sequence[int], eot: int, max_tokens: int, n_text_ctx: int,
+                  suppress_tokens: Sequence[int] = (), suppress_at_begin: Sequence[int] = ()) -> list[int]:
+    """Feed the prompt, then each step's best token, until end-of-text, ``max_tokens`` sampled or a full context.
+
+    ``suppress_tokens`` are never sampled, ``suppress_at_begin`` not as the first token.
+    Returns the sampled tokens, without the end-of-text.
+    """
+    for position, token in enumerate(prompt_tokens[:-1]):
+        step(token, position)
+    token, position = prompt_tokens[-1], len(prompt_tokens) - 1
+    sampled: list[int] = []
+    while len(sampled) < max_tokens and position < n_text_ctx:
+        logits = np.array(step(token, position), dtype=np.float32)
+        logits[list(suppress_tokens)] = -np.inf
+        if not sampled:
+            logits[list(suppress_at_begin)] = -np.inf
+        token = int(np.argmax(logits))
+        if token == eot:
+            break
+        sampled.append(token)
+        position += 1
+    return sampled
+
+
+def get_tokenizer(dims, multilingual: bool, language: str = "en"):
+    """openai-whisper's transcription tokenizer for a model of these dimensions."""
+    from whisper.tokenizer import get_tokenizer as whisper_tokenizer
+
+    num_languages = dims.n_vocab - 51765 - int(multilingual)
+    return whisper_tokenizer(multilingual, num_languages=num_languages, language=language, task="transcribe")
+
+
+def suppressed_tokens(tokenizer) -> list[int]:
+    """openai-whisper's default ``suppress_tokens="-1"``: non-speech symbols and the special task tokens."""
+    special = [tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev, tokenizer.sot_lm]
+    if tokenizer.no_speech is not None:
+        special.append(tokenizer.no_speech)
+    return sorted(set(tokenizer.non_speech_tokens) | set(special))
+
+
+def transcribe_tokens(encoder_output: np.ndarray, decoder_path: Path, variant: str, dims, multilingual: bool,
+                      language: str = "en") -> list[int]:
+    """Greedy text tokens (no timestamps, no end-of-text) for one encoder output.
+
+    ``encoder_output`` is whisper.cpp's encoder output ``(1, n_audio_ctx, D)`` float32;
+    ``decoder_path`` a saved ``stateful`` or ``cache-io`` decoder; ``dims`` the model's
+    ``whisper.model.ModelDimensions``; ``language`` is ignored by English-only models.
+    """
+    tokenizer = get_tokenizer(dims, multilingual, language)
+    step = decoder_steps(variant, load_decoder(decoder_path), channels_first(encoder_output), dims)
+    return greedy_decode(
+        step, tokenizer.sot_sequence_including_notimestamps, tokenizer.eot, max_tokens=dims.n_text_ctx // 2,
+        n_text_ctx=dims.n_text_ctx, suppress_tokens=suppressed_tokens(tokenizer),
+        suppress_at_begin=tokenizer.encode(" ") + [tokenizer.eot],
+    )
