@@ -122,6 +122,8 @@ def plan_artifacts(model: LoadedModel, job: Job) -> list[Artifact]:
     """Every Core ML artifact this job writes, in conversion order."""
     plan = [whispercpp_encoder(model)]
     if job.audio_lengths:
+        if N_FRAMES not in job.audio_lengths:
+            raise InputError(f"--audio-lengths must include {N_FRAMES} (the 30 s window whisper.cpp always feeds), e.g. 1500,{N_FRAMES}")
         plan.append(whispercpp_encoder(model, tuple(job.audio_lengths)))
     variant = job.options.get("decoder")
     if variant:

@@ -69,11 +69,13 @@ def parse_audio_lengths(ctx, param, value):
 @click.option("--target", type=click.Choice(["whispercpp", "coreml"]), default="whispercpp", show_default=True,
               help="whispercpp: Core ML encoder + ggml decoder file; coreml: Core ML artifacts only.")
 @click.option("--ggml-type", type=click.Choice(GGML_TYPES), default="f16", show_default=True, help="Weight type of the ggml file.")
+@click.option("--decoder", type=click.Choice(["stateful", "cache-io"]),
+              help="Also convert a Core ML text decoder: stateful (MLState, iOS18+) or cache-io (WhisperKit's contract, iOS16+).")
 @click.option("--parent", help="distil: the model it was distilled from (name, .pt or directory).")
 @click.option("--convert-own-encoder", is_flag=True, help="distil: convert the distil encoder instead of reusing the parent's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def run(model, sample, family, output, name, force, min_target, audio_lengths, no_verify, min_psnr, verify_input, target, ggml_type,
-        parent, convert_own_encoder, as_json):
+        decoder, parent, convert_own_encoder, as_json):
     """Convert MODEL (a name, path or hub id) into Core ML artifacts."""
     from .api import convert
 
@@ -86,7 +88,7 @@ def run(model, sample, family, output, name, force, min_target, audio_lengths, n
 
     result = convert(model, family, output, name=name, force=force, min_target=min_target, audio_lengths=audio_lengths,
                      verify=not no_verify, min_psnr=min_psnr, verify_input=verify_input, target=target, ggml_type=ggml_type,
-                     parent=parent, convert_own_encoder=convert_own_encoder or None)
+                     decoder=decoder, parent=parent, convert_own_encoder=convert_own_encoder or None)
     report(result, as_json)
 
 

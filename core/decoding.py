@@ -9,7 +9,6 @@ end-of-text are suppressed at the first sampled token (``SuppressBlank``), and a
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -17,22 +16,9 @@ import numpy as np
 
 from .artifacts import MASKED
 from .errors import InputError
+from .verify import load_artifact
 
 StepFunction = Callable[[int, int], np.ndarray]  # (token, position) -> logits (n_vocab,)
-
-
-def load_decoder(path: Path):
-    """A saved decoder ready for repeated predictions: Core ML on macOS, wconv's evaluator elsewhere.
-
-    Both answer ``predict(inputs, state=None)`` and ``make_state()``.
-    """
-    if sys.platform == "darwin":
-        import coremltools as ct
-
-        return ct.models.MLModel(str(path))
-    from .evaluator import MLProgramEvaluator
-
-    return MLProgramEvaluator.load(path)
 
 
 def channels_first(encoder_output: np.ndarray) -> np.ndarray:
@@ -150,7 +136,7 @@ def transcribe_tokens(encoder_output: np.ndarray, decoder_path: Path, variant: s
     ``whisper.model.ModelDimensions``; ``language`` is ignored by English-only models.
     """
     tokenizer = get_tokenizer(dims, multilingual, language)
-    step = decoder_steps(variant, load_decoder(decoder_path), channels_first(encoder_output), dims)
+    step = decoder_steps(variant, load_artifact(decoder_path), channels_first(encoder_output), dims)
     return greedy_decode(
         step, tokenizer.sot_sequence_including_notimestamps, tokenizer.eot, max_tokens=dims.n_text_ctx // 2,
         n_text_ctx=dims.n_text_ctx, suppress_tokens=suppressed_tokens(tokenizer),

@@ -14,9 +14,10 @@ import json
 import numpy as np
 
 from . import ane, decoder
+from .artifacts import N_FRAMES
 from .hookspecs import hookimpl
 from .job import Artifact, Check, Job, LoadedModel
-from .verify import compare, reference_input, run_artifact
+from .verify import compare, load_artifact, platform_methods, reference_input, run_artifact
 
 IO_DESCRIPTIONS = {
     "logmel_data": "log-mel spectrogram (1, n_mels, frames), float32, as whisper.cpp computes it",
@@ -141,17 +142,43 @@ def wconv_postprocess(mlmodel, model, artifact, job):
 
 @hookimpl(trylast=True)
 def wconv_verify(path, model, artifact, job):
-    if artifact.kind != "encoder" or model.reference_encoder is None:
+    if model.reference_encoder is None or not (artifact.kind == "encoder" or artifact.kind.startswith("decoder-")):
         return None
     import torch
 
-    frames = artifact.inputs[0]["shape"][-1]
-    mel, described = reference_input(model.dims.n_mels, frames, job.verify_input)
+    mel, described = reference_input(model.dims.n_mels, N_FRAMES, job.verify_input)
     with torch.no_grad():
-        reference = model.reference_encoder(torch.from_numpy(mel)).numpy()
-    actual, method = run_artifact(path, {"logmel_data": mel})
-    metrics = compare(reference, actual["output"])
-    passed = metrics["psnr"] >= job.min_psnr
-    verdict = "pass" if passed else "fail"
-    message = f"PSNR {metrics['psnr']:.1f} dB vs gate {job.min_psnr:g} dB ({verdict}); input: {described}"
-    return Check(artifact=artifact.filename, passed=passed, metrics=metrics, method=method, message=message)
+        features = model.reference_encoder(torch.from_numpy(mel))
+    checks = []
+    for method in platform_methods():
+        if artifact.kind == "encoder":
+            actual = run_artifact(path, {"logmel_data": mel}, method)[0]["output"]
+            metrics = compare(features.numpy(), actual)
+            what = f"input: {described}"
+        else:
+            reference, actual, tokens = decoder_logits(path, model, artifact, features, method)
+            metrics = compare(reference, actual)
+            what = f"logits of {len(tokens)} prompt and text tokens on {described}"
+        passed = metrics["psnr"] >= job.min_psnr
+        message = f"PSNR {metrics['psnr']:.1f} dB vs gate {job.min_psnr:g} dB ({'pass' if passed else 'fail'}); {what}"
+        checks.append(Check(artifact=artifact.filename, passed=passed, metrics=metrics, method=method, message=message))
+    return checks
+
+
+def decoder_logits(path, model, artifact, features, method):
+    """Logits of the converted decoder and of openai-whisper's fp32 decoder (same weights) for a prompt."""
+    import torch
+
+    from .decoding import channels_first, decoder_steps, get_tokenizer
+    from .reference import whisper_model
+
+    tokenizer = get_tokenizer(model.dims, model.multilingual)
+    tokens = list(tokenizer.sot_sequence_including_notimestamps) + tokenizer.encode(" The quick brown fox")
+    reference_model = whisper_model(model.dims, model.state_dict)
+    with torch.no_grad():
+        reference = reference_model.decoder(torch.tensor([tokens]), features.float())[0].numpy()
+    del reference_model
+    variant = artifact.kind.removeprefix("decoder-")
+    step = decoder_steps(variant, load_artifact(path, method), channels_first(features.numpy()), model.dims)
+    actual = np.stack([step(token, position) for position, token in enumerate(tokens)])
+    return reference, actual, tokens

@@ -2,8 +2,9 @@
 
 The log-mel is computed on the host (openai-whisper's ``log_mel_spectrogram``), the encoder is the
 converted Core ML artifact (Core ML on macOS, the reference evaluator elsewhere), and the decoder is
-a converted Core ML decoder when the directory has one, else openai-whisper's PyTorch decoder built
-from the same source checkpoint (checked by sha256). Greedy decoding, no timestamps.
+a converted Core ML decoder when the directory has one (stateful preferred, then cache-io), else openai-whisper's
+PyTorch decoder built from the same source checkpoint (checked by sha256). Greedy decoding, no
+timestamps; with a Core ML decoder the language defaults to English (no language detection).
 """
 
 from __future__ import annotations
@@ -54,16 +55,33 @@ def decode_with_pytorch(manifest: dict, features: np.ndarray, language: str | No
     return list(result[0].tokens if isinstance(result, list) else result.tokens)
 
 
+def decoder_artifact(manifest: dict) -> tuple[Path, str] | None:
+    """(path, variant) of a converted Core ML decoder listed in the manifest, preferring stateful."""
+    folder = Path(manifest["_path"]).parent
+    found = {a["kind"].removeprefix("decoder-"): folder / a["file"] for a in manifest["artifacts"] if a["kind"].startswith("decoder-")}
+    for variant in ("stateful", "cache-io"):
+        if variant in found:
+            return found[variant], variant
+    return None
+
+
 def transcribe(target: Path, audio: Path, language: str | None = None, pm=None) -> dict:
     """Transcribe ``audio`` with the artifacts named by ``target`` (an output dir or a manifest)."""
-    import whisper.tokenizer
+    from whisper.model import ModelDimensions
+
+    from .decoding import get_tokenizer, transcribe_tokens
 
     if not Path(audio).is_file():
         raise InputError(f"audio file {audio} does not exist: give a 16 kHz (or any rate) .wav file")
     manifest = read_manifest(Path(target))
+    dims, multilingual = ModelDimensions(**manifest["dims"]), manifest["multilingual"]
     features, encoder_method = encode(manifest, Path(audio))
-    tokens = decode_with_pytorch(manifest, features, language, pm)
-    multilingual = manifest["multilingual"]
-    tokenizer = whisper.tokenizer.get_tokenizer(multilingual, num_languages=manifest["dims"]["n_vocab"] - 51765 - int(multilingual))
+    decoder = decoder_artifact(manifest)
+    if decoder:
+        tokens = transcribe_tokens(features, decoder[0], decoder[1], dims, multilingual, language or "en")
+        decoder_method = f"{decoder[1]} {encoder_method}"
+    else:
+        tokens, decoder_method = decode_with_pytorch(manifest, features, language, pm), "pytorch"
+    tokenizer = get_tokenizer(dims, multilingual)
     text = tokenizer.decode([t for t in tokens if t < tokenizer.eot]).strip()
-    return {"text": text, "tokens": tokens, "encoder": encoder_method, "decoder": "pytorch"}
+    return {"text": text, "tokens": tokens, "encoder": encoder_method, "decoder": decoder_method}

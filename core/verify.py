@@ -80,14 +80,24 @@ def reference_input(n_mels: int, frames: int, given: Path | None) -> tuple[np.nd
     return rng.standard_normal((1, n_mels, frames)).astype(np.float32), "seeded noise"
 
 
-def run_artifact(path: Path, inputs: dict, state=None) -> tuple[dict, str]:
-    """Predict with a saved .mlpackage: Core ML on macOS, the reference evaluator elsewhere."""
-    if sys.platform == "darwin":
+def platform_methods() -> tuple[str, ...]:
+    """How this machine can run a saved artifact: Core ML compute units on macOS, the evaluator elsewhere."""
+    return ("coreml-CPU_ONLY", "coreml-ALL") if sys.platform == "darwin" else ("wconv-evaluator",)
+
+
+def load_artifact(path: Path, method: str | None = None):
+    """A saved .mlpackage ready for ``predict(inputs, state=None)`` and ``make_state()``."""
+    method = method or platform_methods()[0]
+    if method.startswith("coreml-"):
         import coremltools as ct
 
-        model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
-        return model.predict(inputs), "coreml-cpu"
+        return ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, method.removeprefix("coreml-")))
     from .evaluator import MLProgramEvaluator
 
-    evaluator = MLProgramEvaluator.load(path)
-    return evaluator.predict(inputs, state) if state is not None else evaluator.predict(inputs), "wconv-evaluator"
+    return MLProgramEvaluator.load(path)
+
+
+def run_artifact(path: Path, inputs: dict, method: str | None = None) -> tuple[dict, str]:
+    """Predict once with a saved .mlpackage; returns the outputs and the method used."""
+    method = method or platform_methods()[0]
+    return load_artifact(path, method).predict(inputs), method

@@ -131,8 +131,18 @@ def test_force_replaces_the_artifact(converted, tmp_path):
 
 def test_enumerated_audio_lengths_write_a_flexible_encoder(converted, tmp_path):
     _, checkpoint, _ = converted
-    result = invoke("run", checkpoint, "--output", tmp_path, "--no-verify", "--audio-lengths", "1000,3000")
+    result = invoke("run", checkpoint, "--output", tmp_path, "--audio-lengths", "1000,3000")
     assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "tiny.manifest.json").read_text())
+    assert [c["artifact"] for c in manifest["verify"]] == ["ggml-tiny-encoder.mlpackage", "ggml-tiny-encoder-flex.mlpackage"]
+    assert all(c["metrics"]["psnr"] >= 50 for c in manifest["verify"])
     spec, _ = load_program(tmp_path / "ggml-tiny-encoder-flex.mlpackage")
     shapes = [list(s.shape) for s in spec.description.input[0].type.multiArrayType.enumeratedShapes.shapes]
     assert sorted(shapes) == [[1, 80, 1000], [1, 80, 3000]]
+
+
+def test_audio_lengths_without_the_30_s_window_are_refused(converted, tmp_path):
+    _, checkpoint, _ = converted
+    result = invoke("run", checkpoint, "--output", tmp_path / "out", "--audio-lengths", "1000,2000")
+    assert result.exit_code == 2 and "must include 3000" in result.output
+    assert not (tmp_path / "out").exists()

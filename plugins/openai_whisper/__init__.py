@@ -7,7 +7,7 @@ from pathlib import Path
 
 import wconv
 
-from .checkpoint import OFFICIAL_MODELS, load_checkpoint, resolve_checkpoint
+from .checkpoint import OFFICIAL_MODELS, load_checkpoint, official_alignment_heads, resolve_checkpoint
 
 ALIASES = ("openai-whisper", "whisper")
 KNOWN_MODELS = OFFICIAL_MODELS
@@ -29,7 +29,7 @@ def wconv_load(job):
         source_sha256=sha256,
         reference_encoder=wconv.LazyEncoder(dims, state_dict),
         multilingual=dims.n_vocab >= 51865,
-        alignment_heads=None,
+        alignment_heads=official_alignment_heads(name, dims),
     )
 
 

@@ -58,3 +58,18 @@ def load_checkpoint(path: Path):
     except TypeError as e:
         raise InputError(f"{path} has malformed 'dims': {e}") from e
     return dims, dict(checkpoint["model_state_dict"]), sha256_file(path)
+
+
+def official_alignment_heads(name: str, dims) -> list[list[int]] | None:
+    """openai-whisper's published cross-attention heads for word timing, as [layer, head] pairs."""
+    import base64
+    import gzip
+
+    import numpy as np
+    import whisper
+
+    dump = whisper._ALIGNMENT_HEADS.get(name)
+    if dump is None:
+        return None
+    mask = np.frombuffer(gzip.decompress(base64.b85decode(dump)), dtype=bool).reshape(dims.n_text_layer, dims.n_text_head)
+    return [[int(layer), int(head)] for layer, head in zip(*np.nonzero(mask))]
