@@ -79,42 +79,28 @@ def canonical_to_hf(state_dict: dict) -> tuple[dict, list[str]]:
     return rename(state_dict, OPENAI_TO_HF)
 
 
+# openai-whisper ModelDimensions field -> WhisperConfig field (d_model serves both sides)
+CONFIG_FIELDS = (
+    ("n_mels", "num_mel_bins"), ("n_audio_ctx", "max_source_positions"), ("n_audio_state", "d_model"),
+    ("n_audio_head", "encoder_attention_heads"), ("n_audio_layer", "encoder_layers"), ("n_vocab", "vocab_size"),
+    ("n_text_ctx", "max_target_positions"), ("n_text_state", "d_model"), ("n_text_head", "decoder_attention_heads"),
+    ("n_text_layer", "decoder_layers"),
+)
+
+
 def dims_from_config(config):
     """openai-whisper ``ModelDimensions`` of an HF ``WhisperConfig``."""
     from whisper.model import ModelDimensions
 
-    return ModelDimensions(
-        n_mels=config.num_mel_bins,
-        n_audio_ctx=config.max_source_positions,
-        n_audio_state=config.d_model,
-        n_audio_head=config.encoder_attention_heads,
-        n_audio_layer=config.encoder_layers,
-        n_vocab=config.vocab_size,
-        n_text_ctx=config.max_target_positions,
-        n_text_state=config.d_model,
-        n_text_head=config.decoder_attention_heads,
-        n_text_layer=config.decoder_layers,
-    )
+    return ModelDimensions(**{dim: getattr(config, key) for dim, key in CONFIG_FIELDS})
 
 
 def config_from_dims(dims, **settings):
     """The HF ``WhisperConfig`` with ``dims`` (inverse of :func:`dims_from_config`) plus ``settings``."""
     from transformers import WhisperConfig
 
-    return WhisperConfig(
-        num_mel_bins=dims.n_mels,
-        max_source_positions=dims.n_audio_ctx,
-        d_model=dims.n_audio_state,
-        encoder_attention_heads=dims.n_audio_head,
-        encoder_layers=dims.n_audio_layer,
-        encoder_ffn_dim=4 * dims.n_audio_state,
-        vocab_size=dims.n_vocab,
-        max_target_positions=dims.n_text_ctx,
-        decoder_attention_heads=dims.n_text_head,
-        decoder_layers=dims.n_text_layer,
-        decoder_ffn_dim=4 * dims.n_text_state,
-        **settings,
-    )
+    fields = {key: getattr(dims, dim) for dim, key in CONFIG_FIELDS}
+    return WhisperConfig(**fields, encoder_ffn_dim=4 * dims.n_audio_state, decoder_ffn_dim=4 * dims.n_text_state, **settings)
 
 
 def unsupported_settings(config) -> list[str]:
