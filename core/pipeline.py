@@ -15,7 +15,7 @@ from rich.console import Console
 from .artifacts import plan_artifacts
 from .errors import InputError, StageError, VerificationError, WconvError
 from .job import Check, Job, LoadedModel
-from .manager import FamilyHooks, get_plugin_manager, resolve_family
+from .manager import FamilyHooks, family_names, get_plugin_manager, resolve_family
 from .manifest import build_manifest, describe_io, manifest_filename, write_manifest
 from .outputs import link_tree, publish, refuse_to_overwrite, staging_dir
 from .whispercpp import compile_for_whispercpp, ggml_filename, mac_hint, wants_ggml, write_ggml_model
@@ -93,6 +93,9 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
 
     hooks = FamilyHooks(pm, resolve_family(pm, job.family)) if job.family else pm.hook
     model = stage("load", f"load {job.source}", hooks.wconv_load, job=job)
+    if model.family not in family_names(pm):
+        raise StageError("load", [model.family], f"LoadedModel.family '{model.family}' is not a registered family: "
+                         "a family plugin must report the name it is registered under")
     hooks = FamilyHooks(pm, model.family)
     if job.name:
         model.name = job.name

@@ -111,3 +111,44 @@ def test_families_command_lists_known_models():
     assert result.exit_code == 0, result.output
     rows = {row["name"]: row for row in json.loads(result.output)}
     assert "large-v3-turbo" in rows["openai"]["known_models"]
+
+
+def test_the_readme_plugin_example_converts_and_verifies(tmp_path):
+    """The third-party family in README.md, run as written: load -> core defaults -> a passing verify."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    import torch
+
+    from wconv.samples import random_state_dict, real_dims
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    source = re.search(r"```python\n(# wconv_acme.py\n.*?)```", readme, re.S).group(1)
+    module = types.ModuleType("wconv_acme")
+    exec(compile(source, "wconv_acme.py", "exec"), module.__dict__)
+
+    dims = real_dims("tiny")
+    weights = {name.replace("encoder.", "enc.", 1).replace("decoder.", "dec.", 1): w for name, w in random_state_dict(dims).items()}
+    torch.save({"dims": dataclasses.asdict(dims), "weights": weights}, tmp_path / "my-model.acme")
+
+    pm = get_plugin_manager(entrypoints=False)
+    pm.register(module, "acme")
+    result = pipeline.run(wconv.Job(source=str(tmp_path / "my-model.acme"), output=tmp_path / "out", options={"target": "coreml"}), pm)
+    assert result.paths[0].name == "ggml-my-model-encoder.mlpackage"
+    assert result.manifest["family"] == "acme" and result.passed and result.checks[0].metrics["psnr"] >= 50
+
+
+def test_a_family_reporting_a_wrong_name_is_refused(pm, tmp_path):
+    class Misnamed:
+        @wconv.hookimpl
+        def wconv_load(self, job):
+            from wconv.samples import random_state_dict, real_dims
+
+            dims = real_dims("tiny")
+            return wconv.LoadedModel(family="other", name="x", dims=dims, state_dict=random_state_dict(dims), source="x", source_sha256="0")
+
+    pm.register(Misnamed(), "misnamed")
+    with pytest.raises(StageError, match="'other' is not a registered family"):
+        pipeline.run(wconv.Job(source="x", family="misnamed", output=tmp_path / "out"), pm)
+    assert not (tmp_path / "out").exists()
