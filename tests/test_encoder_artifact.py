@@ -70,7 +70,8 @@ def test_manifest_records_source_tools_and_io(converted):
     assert manifest["dims"]["n_audio_state"] == 384
     assert len(manifest["checkpoint_sha256"]) == 64
     assert set(manifest["versions"]) >= {"wconv", "torch", "coremltools"}
-    (artifact,) = manifest["artifacts"]
+    artifact, ggml = manifest["artifacts"]
+    assert (ggml["file"], ggml["kind"], ggml["ggml_type"]) == ("ggml-tiny.bin", "ggml", "f16")
     assert artifact["file"] == package.name
     assert artifact["inputs"] == [{"name": "logmel_data", "shape": [1, 80, 3000], "dtype": "float32"}]
     assert artifact["outputs"] == [{"name": "output", "shape": [1, 1500, 384], "dtype": "float32"}]
