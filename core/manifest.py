@@ -68,6 +68,7 @@ def build_manifest(model: LoadedModel, job: Job, artifacts: list[dict], checks: 
         "artifacts": artifacts,
         "verify": [check.to_dict() for check in checks],
         **({"reused": model.extra["reuse"]} if model.extra.get("reuse") else {}),
+        **({"encoder_differs": model.extra["encoder_differs"]} if "encoder_differs" in model.extra else {}),
     }
 
 

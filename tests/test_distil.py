@@ -134,3 +134,15 @@ def test_known_names_resolve_to_the_hub_checkpoint_and_parent(source):
 def test_a_local_distil_without_parent_asks_for_one(tmp_path):
     result = CliRunner().invoke(cli, ["run", "--family", "distil", str(tmp_path), "--output", str(tmp_path / "out")])
     assert result.exit_code == 2 and "--parent" in result.output
+
+
+def test_distil_large_v35_with_a_different_encoder_converts_its_own(pair, tmp_path):
+    root, parent_dir, _, _, dims, parent_state = pair
+    distil_dims, distil_state = distil_of(parent_state, dims)
+    distil_state["encoder.ln_post.bias"] = distil_state["encoder.ln_post.bias"] + 0.25
+    v35 = save_hf_whisper(tmp_path / "distil-large-v3.5", distil_dims, distil_state)
+    job = wconv.Job(source=str(v35), family="distil", output=tmp_path / "out", verify=False, options={"parent": str(parent_dir)})
+    result, calls = run_with_recorder(job)
+    assert ("convert", "ggml-distil-large-v3.5-encoder.mlpackage") in calls
+    assert "reused" not in result.manifest
+    assert "encoder.ln_post.bias" in result.manifest["encoder_differs"]

@@ -7,14 +7,15 @@ encoder tensor is the same (per-tensor sha256 of the fp16 values), finds the par
 encoder (in the output directory or wconv's cache, by parent name and checkpoint sha256; if there
 is none it converts the parent once, through the parent's own family, into the cache) and has the
 pipeline link that package as ``ggml-<distil-name>-encoder.mlpackage``: no trace, no convert.
-The decoder side (ggml file, Core ML decoders) is the distil model's own.
+The decoder side (ggml file, Core ML decoders) is the distil model's own. distil-large-v3.5, whose
+encoder may differ from large-v3's, converts its own encoder when the tensors differ.
 """
 
 from __future__ import annotations
 
 import wconv
 
-from .reuse import KNOWN_PARENTS, parent_encoder_reuse, resolve_distil
+from .reuse import KNOWN_PARENTS, MAY_DIFFER, EncoderDiffers, parent_encoder_reuse, resolve_distil
 
 ALIASES = ("distil-whisper",)
 KNOWN_MODELS = tuple(KNOWN_PARENTS)
@@ -31,6 +32,12 @@ def wconv_load(job):
     model = load_transformers(job=job.replace(source=distil.checkpoint, family="hf"))
     model.family = "distil"
     model.name = job.name or distil.name
-    if not job.options.get("convert_own_encoder"):
+    if job.options.get("convert_own_encoder"):
+        return model
+    try:
         model.extra["reuse"] = parent_encoder_reuse(model, distil.parent, job)
+    except EncoderDiffers as e:
+        if distil.name not in MAY_DIFFER:
+            raise
+        model.extra["encoder_differs"] = str(e)  # known to vary between releases: convert its own encoder
     return model

@@ -20,7 +20,13 @@ KNOWN_PARENTS = {
     "distil-large-v3": "large-v3",
     "distil-large-v3.5": "large-v3",
 }
+# Distilled with a retrained encoder in some releases: when the tensors differ, convert its own.
+MAY_DIFFER = {"distil-large-v3.5"}
 ENCODER_DIMS = ("n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer")
+
+
+class EncoderDiffers(InputError):
+    """The distil encoder is not the parent's (the user may pass --convert-own-encoder)."""
 
 
 @dataclass
@@ -107,7 +113,7 @@ def parent_encoder_reuse(model: LoadedModel, parent_source: str, job: Job) -> di
     check_same_encoder_shape(model, parent)
     differing = first_differing_encoder_tensor(model.state_dict, parent.state_dict)
     if differing:
-        raise InputError(f"{model.name}'s encoder differs from {parent.name}'s at tensor {differing}: "
+        raise EncoderDiffers(f"{model.name}'s encoder differs from {parent.name}'s at tensor {differing}: "
                          "pass --convert-own-encoder to convert its own encoder")
     compared = sum(1 for name in model.state_dict if name.startswith("encoder."))
     folders = [job.output, parent_cache_dir(parent)]
