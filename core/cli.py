@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import InputError, WconvError
+from .ggml import WRITABLE_TYPES
 from .job import DEFAULT_MIN_PSNR, DEFAULT_MIN_TARGET
 
-GGML_TYPES = ("f16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1")
 MIN_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 
 
@@ -68,7 +68,7 @@ def parse_audio_lengths(ctx, param, value):
 @click.option("--verify-input", type=click.Path(path_type=Path), help="wav or .npy log-mel to verify with (default: bundled speech).")
 @click.option("--target", type=click.Choice(["whispercpp", "coreml"]), default="whispercpp", show_default=True,
               help="whispercpp: Core ML encoder + ggml decoder file; coreml: Core ML artifacts only.")
-@click.option("--ggml-type", type=click.Choice(GGML_TYPES), default="f16", show_default=True, help="Weight type of the ggml file.")
+@click.option("--ggml-type", type=click.Choice(WRITABLE_TYPES), default="f16", show_default=True, help="Weight type of the ggml file.")
 @click.option("--decoder", type=click.Choice(["stateful", "cache-io"]),
               help="Also convert a Core ML text decoder: stateful (MLState, iOS18+) or cache-io (WhisperKit's contract, iOS16+).")
 @click.option("--parent", help="distil: the model it was distilled from (name, .pt or directory).")

@@ -149,6 +149,8 @@ def wconv_verify(path, model, artifact, job):
     mel, described = reference_input(model.dims.n_mels, N_FRAMES, job.verify_input)
     with torch.no_grad():
         features = model.reference_encoder(torch.from_numpy(mel))
+    if artifact.kind.startswith("decoder-"):
+        tokens, reference = reference_decoder_logits(model, features)
     checks = []
     for method in platform_methods():
         if artifact.kind == "encoder":
@@ -156,8 +158,7 @@ def wconv_verify(path, model, artifact, job):
             metrics = compare(features.numpy(), actual)
             what = f"input: {described}"
         else:
-            reference, actual, tokens = decoder_logits(path, model, artifact, features, method)
-            metrics = compare(reference, actual)
+            metrics = compare(reference, artifact_decoder_logits(path, model, artifact, features, tokens, method))
             what = f"logits of {len(tokens)} prompt and text tokens on {described}"
         passed = metrics["psnr"] >= job.min_psnr
         message = f"PSNR {metrics['psnr']:.1f} dB vs gate {job.min_psnr:g} dB ({'pass' if passed else 'fail'}); {what}"
@@ -165,20 +166,24 @@ def wconv_verify(path, model, artifact, job):
     return checks
 
 
-def decoder_logits(path, model, artifact, features, method):
-    """Logits of the converted decoder and of openai-whisper's fp32 decoder (same weights) for a prompt."""
+def reference_decoder_logits(model, features):
+    """A prompt plus a few text tokens, and openai-whisper's fp32 decoder logits (same weights) for them."""
     import torch
 
-    from .decoding import channels_first, decoder_steps, get_tokenizer
+    from .decoding import get_tokenizer
     from .reference import whisper_model
 
     tokenizer = get_tokenizer(model.dims, model.multilingual)
     tokens = list(tokenizer.sot_sequence_including_notimestamps) + tokenizer.encode(" The quick brown fox")
     reference_model = whisper_model(model.dims, model.state_dict)
     with torch.no_grad():
-        reference = reference_model.decoder(torch.tensor([tokens]), features.float())[0].numpy()
-    del reference_model
+        return tokens, reference_model.decoder(torch.tensor([tokens]), features.float())[0].numpy()
+
+
+def artifact_decoder_logits(path, model, artifact, features, tokens, method):
+    """The converted decoder's logits for ``tokens``, one step per token, run by ``method``."""
+    from .decoding import channels_first, decoder_steps
+
     variant = artifact.kind.removeprefix("decoder-")
     step = decoder_steps(variant, load_artifact(path, method), channels_first(features.numpy()), model.dims)
-    actual = np.stack([step(token, position) for position, token in enumerate(tokens)])
-    return reference, actual, tokens
+    return np.stack([step(token, position) for position, token in enumerate(tokens)])
