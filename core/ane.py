@@ -12,12 +12,16 @@ ANE rules applied here (Apple's ml-ane-transformers principles, written anew):
 
 The encoder runs whole sequences; the :class:`TextDecoder` runs one token per call against a
 self-attention key/value cache that the Core ML wrappers in :mod:`wconv.decoder` keep.
+:class:`LogMelSpectrogram` is openai-whisper's feature extractor in the same layout (WhisperKit's
+MelSpectrogram model).
 
 Module and parameter names equal openai-whisper's, so a family only has to name its weights the
 openai way (the *canonical* state dict) and :func:`load_canonical` reshapes them into place.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -119,8 +123,9 @@ class ResidualAttentionBlock(nn.Module):
 class AudioEncoder(nn.Module):
     """Whisper's audio encoder in ANE layout.
 
-    Input: log-mel ``(1, n_mels, n_frames)``. Output ``(1, n_frames/2, n_state)`` (whisper.cpp's
-    layout) or, with ``channels_first_output=True``, ``(1, n_state, 1, n_frames/2)`` (WhisperKit's).
+    Input: log-mel ``(1, n_mels, n_frames)`` (whisper.cpp's layout) or ``(1, n_mels, 1, n_frames)``
+    (WhisperKit's). Output ``(1, n_frames/2, n_state)`` (whisper.cpp's) or, with
+    ``channels_first_output=True``, ``(1, n_state, 1, n_frames/2)`` (WhisperKit's).
     Shorter inputs than 3000 frames use the first positions of the embedding.
     """
 
@@ -137,7 +142,7 @@ class AudioEncoder(nn.Module):
         self.ln_post = ChannelLayerNorm(n_state)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        x = F.gelu(self.conv1(mel.unsqueeze(2)))
+        x = F.gelu(self.conv1(mel.unsqueeze(2) if mel.dim() == 3 else mel))
         x = F.gelu(self.conv2(x))
         positions = self.positional_embedding[: x.shape[-1]].transpose(0, 1)
         x = x + positions.unsqueeze(0).unsqueeze(2)
@@ -147,6 +152,40 @@ class AudioEncoder(nn.Module):
         if self.channels_first_output:
             return x
         return x.squeeze(2).transpose(1, 2)
+
+
+N_FFT = 400  # openai-whisper's STFT (whisper.audio): 25 ms windows of 16 kHz audio
+HOP_LENGTH = 160  # every 10 ms
+
+
+class LogMelSpectrogram(nn.Module):
+    """openai-whisper's ``log_mel_spectrogram`` of 30 s of 16 kHz audio as convolutions.
+
+    ``(480000,)`` samples -> ``(1, n_mels, 1, 3000)``: reflect-padded STFT (n_fft 400, hop 160,
+    periodic Hann window, folded into the cosine and sine kernels of one ``(1, 400)`` conv with
+    stride 160), power spectrum, the mel filterbank as a 1x1 conv (openai-whisper's bundled
+    ``mel_filters.npz``, never downloaded), ``log10`` clamped at 1e-10 and at max - 8, ``(x + 4) / 4``.
+    """
+
+    def __init__(self, n_mels: int):
+        from whisper.audio import mel_filters
+
+        super().__init__()
+        n_bins = N_FFT // 2 + 1
+        angles = 2 * math.pi * torch.outer(torch.arange(n_bins, dtype=torch.float64), torch.arange(N_FFT, dtype=torch.float64)) / N_FFT
+        window = torch.hann_window(N_FFT, dtype=torch.float64)
+        kernels = torch.cat([torch.cos(angles) * window, -torch.sin(angles) * window])
+        self.register_buffer("dft_kernels", kernels.float()[:, None, None, :])
+        self.register_buffer("mel_filters", mel_filters("cpu", n_mels).float()[:, :, None, None])
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(audio.view(1, 1, -1), (N_FFT // 2, N_FFT // 2), mode="reflect").unsqueeze(2)
+        spectrum = F.conv2d(padded, self.dft_kernels, stride=(1, HOP_LENGTH))[..., :-1]  # whisper drops the last frame
+        real, imaginary = spectrum.split(spectrum.shape[1] // 2, dim=1)
+        mel = F.conv2d(real * real + imaginary * imaginary, self.mel_filters)
+        log_mel = torch.clamp(mel, min=1e-10).log10()
+        log_mel = torch.maximum(log_mel, log_mel.max() - 8.0)
+        return (log_mel + 4.0) / 4.0
 
 
 class TokenEmbedding(nn.Module):

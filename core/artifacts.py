@@ -5,7 +5,9 @@ File names, ``<name>`` being ``model.name``:
 * ``ggml-<name>-encoder.mlpackage`` (``-flex`` with enumerated lengths): whisper.cpp finds its
   encoder by this name beside ``ggml-<name>.bin``; pure Core ML hosts use it too;
 * ``<name>-decoder-stateful.mlpackage`` and ``<name>-decoder-cache-io.mlpackage`` (``--decoder``):
-  pure Core ML text decoders, which no whisper.cpp build loads, hence no ``ggml-`` prefix.
+  pure Core ML text decoders, which no whisper.cpp build loads, hence no ``ggml-`` prefix;
+* with ``--layout whisperkit``: ``MelSpectrogram``, ``AudioEncoder`` and ``TextDecoder.mlpackage``,
+  the names WhisperKit looks for in its model folder (:mod:`wconv.whisperkit` names the folder).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from .errors import InputError
 from .job import Artifact, Job, LoadedModel
 
 N_FRAMES = 3000  # 30 s of audio at whisper's 10 ms hop
+N_SAMPLES = 480000  # 30 s of 16 kHz audio
+WHISPERKIT = "whisperkit"  # --layout value: WhisperKit's model folder
 MASKED = -1e4  # additive attention mask of a position not to attend to (WhisperKit's value; fp16-safe)
 
 
@@ -84,7 +88,7 @@ def stateful_decoder(model: LoadedModel) -> Artifact:
     )
 
 
-def cache_io_decoder(model: LoadedModel) -> Artifact:
+def cache_io_decoder(model: LoadedModel, filename: str | None = None) -> Artifact:
     """WhisperKit's TextDecoder contract (iOS 16): the host keeps the self-attention cache.
 
     ``key_cache``/``value_cache`` ``(1, D*L, 1, n_text_ctx)`` go in with the one-hot
@@ -103,7 +107,7 @@ def cache_io_decoder(model: LoadedModel) -> Artifact:
         outputs.append({"name": "alignment_heads_weights", "shape": [1, dims.n_audio_ctx], "dtype": "float16"})
     return Artifact(
         kind="decoder-cache-io",
-        filename=decoder_filename(model.name, "cache-io"),
+        filename=filename or decoder_filename(model.name, "cache-io"),
         inputs=token_inputs() + [
             {"name": "key_cache", **cache},
             {"name": "value_cache", **cache},
@@ -118,8 +122,63 @@ def cache_io_decoder(model: LoadedModel) -> Artifact:
 DECODERS = {"stateful": stateful_decoder, "cache-io": cache_io_decoder}
 
 
+def mel_spectrogram(model: LoadedModel) -> Artifact:
+    """WhisperKit's MelSpectrogram: fp16 ``audio (480000,)`` -> ``melspectrogram_features (1, n_mels, 1, 3000)``.
+
+    It computes in fp32 between its fp16 IO: the log-mel keeps 8 decades of power below the
+    loudest bin, more than fp16 holds (fp16 compute is 0.05 off openai-whisper on speech, fp32 5e-4).
+    WhisperKit runs it on the GPU, where fp32 is native.
+    """
+    return Artifact(
+        kind="melspectrogram",
+        filename="MelSpectrogram.mlpackage",
+        inputs=[{"name": "audio", "shape": [N_SAMPLES], "dtype": "float16"}],
+        outputs=[{"name": "melspectrogram_features", "shape": [1, model.dims.n_mels, 1, N_FRAMES], "dtype": "float16"}],
+        options={"compute_precision": "float32"},
+    )
+
+
+def whisperkit_encoder(model: LoadedModel) -> Artifact:
+    """WhisperKit's AudioEncoder: fp16 ``melspectrogram_features (1, n_mels, 1, 3000)`` -> ``encoder_output_embeds``."""
+    dims = model.dims
+    return Artifact(
+        kind="encoder",
+        filename="AudioEncoder.mlpackage",
+        inputs=[{"name": "melspectrogram_features", "shape": [1, dims.n_mels, 1, N_FRAMES], "dtype": "float16"}],
+        outputs=[encoder_output_input(model)],
+    )
+
+
+def io_specs(io: Artifact | dict) -> tuple[list[dict], list[dict]]:
+    """(inputs, outputs) of an Artifact or of a manifest's artifact entry."""
+    return (io.inputs, io.outputs) if isinstance(io, Artifact) else (io["inputs"], io["outputs"])
+
+
+def channels_first_encoder(io: Artifact | dict) -> bool:
+    """Does this encoder take ``(1, n_mels, 1, frames)`` and give ``(1, D, 1, 1500)`` (WhisperKit's layout)?"""
+    return len(io_specs(io)[1][0]["shape"]) == 4
+
+
+def check_layout_options(job: Job) -> None:
+    """Refuse, before anything is loaded, options that belong to another layout than the job's."""
+    if job.options.get("layout") != WHISPERKIT:
+        return
+    for option, given in (("--decoder", job.options.get("decoder")), ("--audio-lengths", job.audio_lengths),
+                          ("--ggml-type", job.options.get("ggml_type", "f16") != "f16")):
+        if given:
+            raise InputError(f"{option} does not apply to --layout whisperkit (fixed 30 s shapes, cache-io TextDecoder, "
+                             "no ggml file): drop it, or use the default layout")
+
+
+def whisperkit_plan(model: LoadedModel) -> list[Artifact]:
+    """The three models of WhisperKit's folder."""
+    return [mel_spectrogram(model), whisperkit_encoder(model), cache_io_decoder(model, "TextDecoder.mlpackage")]
+
+
 def plan_artifacts(model: LoadedModel, job: Job) -> list[Artifact]:
     """Every Core ML artifact this job writes, in conversion order."""
+    if job.options.get("layout") == WHISPERKIT:
+        return whisperkit_plan(model)
     plan = [whispercpp_encoder(model)]
     if job.audio_lengths:
         if N_FRAMES not in job.audio_lengths:

@@ -212,7 +212,7 @@ def import_plugin(name: str):
 def earlier_manifests(job: Job) -> list[dict]:
     """Manifests in the job's output dir that a run of this model (and name, if given) wrote."""
     found = []
-    for path in sorted(job.output.glob("*.manifest.json")):
+    for path in sorted([*job.output.glob("*.manifest.json"), *job.output.glob("*/*.manifest.json")]):  # */: WhisperKit folders
         with suppress(ValueError, OSError):
             manifest = read_manifest(path)
             if manifest.get("model") == job.source and job.name in (None, manifest.get("name")):
@@ -226,7 +226,7 @@ def is_up_to_date(job: Job, manifest: dict) -> bool:
     return (manifest["options"] == json.loads(json.dumps(job.describe_options(), default=str))
             and (bool(manifest["verify"]) or not job.verify)
             and all(check["passed"] for check in manifest["verify"])
-            and all((job.output / entry["file"]).exists() for entry in manifest["artifacts"])
+            and all((Path(manifest["_path"]).parent / entry["file"]).exists() for entry in manifest["artifacts"])
             and source_unchanged(Path(job.source), manifest, job.output))
 
 
@@ -264,7 +264,7 @@ def checkpoint_sha256(path: Path, output: Path) -> str:
 
 def outcome_of_manifest(batch_job: BatchJob, manifest: dict) -> Outcome:
     return Outcome(batch_job.index, batch_job.job.source, UP_TO_DATE,
-                   artifacts=[str(batch_job.job.output / entry["file"]) for entry in manifest["artifacts"]],
+                   artifacts=[str(Path(manifest["_path"]).parent / entry["file"]) for entry in manifest["artifacts"]],
                    manifest=manifest["_path"],
                    psnr=[check["metrics"]["psnr"] for check in manifest["verify"] if "psnr" in check["metrics"]])
 

@@ -68,14 +68,18 @@ def parse_audio_lengths(ctx, param, value):
 @click.option("--verify-input", type=click.Path(path_type=Path), help="wav or .npy log-mel to verify with (default: bundled speech).")
 @click.option("--target", type=click.Choice(["whispercpp", "coreml"]), default="whispercpp", show_default=True,
               help="whispercpp: Core ML encoder + ggml decoder file; coreml: Core ML artifacts only.")
+@click.option("--layout", type=click.Choice(["whispercpp", "whisperkit"]), default="whispercpp", show_default=True,
+              help="whispercpp: files named for whisper.cpp in the output; whisperkit: WhisperKit's model folder "
+                   "(MelSpectrogram, AudioEncoder, TextDecoder, config files).")
+@click.option("--folder-suffix", help="whisperkit: appended to the folder name as _SUFFIX.")
 @click.option("--ggml-type", type=click.Choice(WRITABLE_TYPES), default="f16", show_default=True, help="Weight type of the ggml file.")
 @click.option("--decoder", type=click.Choice(["stateful", "cache-io"]),
               help="Also convert a Core ML text decoder: stateful (MLState, iOS18+) or cache-io (WhisperKit's contract, iOS16+).")
 @click.option("--parent", help="distil: the model it was distilled from (name, .pt or directory).")
 @click.option("--convert-own-encoder", is_flag=True, help="distil: convert the distil encoder instead of reusing the parent's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
-def run(model, sample, family, output, name, force, min_target, audio_lengths, no_verify, min_psnr, verify_input, target, ggml_type,
-        decoder, parent, convert_own_encoder, as_json):
+def run(model, sample, family, output, name, force, min_target, audio_lengths, no_verify, min_psnr, verify_input, target, layout,
+        folder_suffix, ggml_type, decoder, parent, convert_own_encoder, as_json):
     """Convert MODEL (a name, path or hub id) into Core ML artifacts."""
     from .api import convert
 
@@ -87,8 +91,8 @@ def run(model, sample, family, output, name, force, min_target, audio_lengths, n
         model, family = str(sample_model_dir()), "ct2"
 
     result = convert(model, family, output, name=name, force=force, min_target=min_target, audio_lengths=audio_lengths,
-                     verify=not no_verify, min_psnr=min_psnr, verify_input=verify_input, target=target, ggml_type=ggml_type,
-                     decoder=decoder, parent=parent, convert_own_encoder=convert_own_encoder or None)
+                     verify=not no_verify, min_psnr=min_psnr, verify_input=verify_input, target=target, layout=layout,
+                     folder_suffix=folder_suffix, ggml_type=ggml_type, decoder=decoder, parent=parent, convert_own_encoder=convert_own_encoder or None)
     report(result, as_json)
 
 
@@ -126,8 +130,9 @@ def verify(artifact, against, family, verify_input, min_psnr, as_json):
         click.echo(json.dumps({**checks[0].metrics, "passed": all(c.passed for c in checks), "checks": [c.to_dict() for c in checks]}, indent=2))
     else:
         for check in checks:
-            click.echo(f"{check.artifact}: {check.message}; max abs {check.metrics['max_abs_error']:.4g}, "
-                       f"mean abs {check.metrics['mean_abs_error']:.4g}, cosine {check.metrics['cosine_similarity']:.6f} ({check.method})")
+            errors = (f"; max abs {check.metrics['max_abs_error']:.4g}, mean abs {check.metrics['mean_abs_error']:.4g}, "
+                      f"cosine {check.metrics['cosine_similarity']:.6f}") if "max_abs_error" in check.metrics else ""
+            click.echo(f"{check.artifact}: {check.message}{errors} ({check.method})")
     if not all(check.passed for check in checks):
         sys.exit(1)
 

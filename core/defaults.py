@@ -10,18 +10,22 @@ source model's fp32 encoder.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
 from . import ane, decoder
-from .artifacts import N_FRAMES
+from .artifacts import N_FRAMES, channels_first_encoder
 from .hookspecs import hookimpl
 from .job import Artifact, Check, Job, LoadedModel
-from .verify import compare, load_artifact, platform_methods, reference_input, run_artifact
+from .verify import (compare, encoder_features, encoder_inputs, host_log_mel, is_audio_file, load_artifact, platform_methods,
+                     read_wav, reference_audio, reference_input, run_artifact)
 
 IO_DESCRIPTIONS = {
     "logmel_data": "log-mel spectrogram (1, n_mels, frames), float32, as whisper.cpp computes it",
     "output": "encoder hidden states (1, frames/2, n_state), float32",
+    "audio": "30 s of 16 kHz mono samples in [-1, 1], zero-padded",
+    "melspectrogram_features": "log-mel spectrogram (1, n_mels, 1, 3000), as openai-whisper's log_mel_spectrogram",
     "input_ids": "token id of this decoding step",
     "cache_length": "position of this token: the number of tokens decoded before it",
     "encoder_output_embeds": "encoder output (1, n_state, 1, 1500), fp16 (the encoder's (1, 1500, n_state) transposed)",
@@ -39,8 +43,10 @@ NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32}
 
 def build_module(model: LoadedModel, artifact: Artifact):
     """The fp32 ANE PyTorch module for an artifact kind, loaded with the model's weights."""
+    if artifact.kind == "melspectrogram":
+        return ane.LogMelSpectrogram(model.dims.n_mels).eval()
     if artifact.kind == "encoder":
-        return ane.build_encoder(model.dims, model.state_dict)
+        return ane.build_encoder(model.dims, model.state_dict, channels_first_output=channels_first_encoder(artifact))
     if artifact.kind.startswith("decoder-"):
         return decoder.build_decoder(artifact.kind, model.dims, model.state_dict, model.alignment_heads)
     raise NotImplementedError(f"no ANE module for artifact kind '{artifact.kind}'")
@@ -113,7 +119,7 @@ def wconv_convert(traced, artifact, job):
         outputs=[ct.TensorType(name=spec["name"], dtype=np.float32 if spec["dtype"] == "float32" else np.float16)
                  for spec in artifact.outputs],
         states=states or None,
-        compute_precision=ct.precision.FLOAT16,
+        compute_precision=getattr(ct.precision, artifact.options.get("compute_precision", "float16").upper()),
         minimum_deployment_target=target,
         skip_model_load=True,
     )
@@ -142,6 +148,8 @@ def wconv_postprocess(mlmodel, model, artifact, job):
 
 @hookimpl(trylast=True)
 def wconv_verify(path, model, artifact, job):
+    if artifact.kind == "melspectrogram":
+        return [mel_spectrogram_check(path, artifact, job, method) for method in platform_methods()]
     if model.reference_encoder is None or not (artifact.kind == "encoder" or artifact.kind.startswith("decoder-")):
         return None
     import torch
@@ -154,16 +162,90 @@ def wconv_verify(path, model, artifact, job):
     checks = []
     for method in platform_methods():
         if artifact.kind == "encoder":
-            actual = run_artifact(path, {"logmel_data": mel}, method)[0]["output"]
-            metrics = compare(features.numpy(), actual)
-            what = f"input: {described}"
+            outputs = run_artifact(path, encoder_inputs(artifact, mel), method)[0]
+            metrics = compare(features.numpy(), encoder_features(artifact, outputs))
+            checks.append(psnr_check(artifact, metrics, method, job, f"input: {described}"))
         else:
             metrics = compare(reference, artifact_decoder_logits(path, model, artifact, features, tokens, method))
-            what = f"logits of {len(tokens)} prompt and text tokens on {described}"
-        passed = metrics["psnr"] >= job.min_psnr
-        message = f"PSNR {metrics['psnr']:.1f} dB vs gate {job.min_psnr:g} dB ({'pass' if passed else 'fail'}); {what}"
-        checks.append(Check(artifact=artifact.filename, passed=passed, metrics=metrics, method=method, message=message))
+            checks.append(psnr_check(artifact, metrics, method, job, f"logits of {len(tokens)} prompt and text tokens on {described}"))
+            if is_audio_file(job.verify_input):
+                checks.append(transcript_check(path, model, artifact, job, method))
     return checks
+
+
+def psnr_check(artifact: Artifact, metrics: dict, method: str, job: Job, what: str) -> Check:
+    passed = metrics["psnr"] >= job.min_psnr
+    message = f"PSNR {metrics['psnr']:.1f} dB vs gate {job.min_psnr:g} dB ({'pass' if passed else 'fail'}); {what}"
+    return Check(artifact=artifact.filename, passed=passed, metrics=metrics, method=method, message=message)
+
+
+def mel_spectrogram_check(path, artifact: Artifact, job: Job, method: str) -> Check:
+    """The converted MelSpectrogram vs openai-whisper's ``log_mel_spectrogram`` of the samples it receives.
+
+    Those are the audio rounded to the model's fp16 input; ``max_abs_error_vs_fp32_audio`` also
+    reports the distance to the log-mel of the unrounded audio, which that rounding alone sets.
+    """
+    samples, described = reference_audio(job.verify_input)
+    n_mels = artifact.outputs[0]["shape"][1]
+    received = samples.astype(NUMPY_DTYPES[artifact.inputs[0]["dtype"]]).astype(np.float32)
+    import whisper
+
+    actual = run_artifact(path, {"audio": whisper.pad_or_trim(received)}, method)[0]["melspectrogram_features"][:, :, 0, :]
+    metrics = compare(host_log_mel(received, n_mels), actual)
+    metrics["max_abs_error_vs_fp32_audio"] = float(np.max(np.abs(host_log_mel(samples, n_mels) - actual)))
+    what = (f"max abs {metrics['max_abs_error']:.2g} vs openai-whisper's log-mel of {described} as the model receives it "
+            f"({artifact.inputs[0]['dtype']}; {metrics['max_abs_error_vs_fp32_audio']:.2g} vs the float32 samples)")
+    return psnr_check(artifact, metrics, method, job, what)
+
+
+MAX_TOKEN_ERROR_RATE = 0.1  # the transcript check's gate
+
+
+def transcript_check(path, model, artifact: Artifact, job: Job, method: str) -> Check:
+    """The converted models transcribe ``--verify-input`` (greedy, English) as openai-whisper fp32 does.
+
+    A WhisperKit TextDecoder runs behind the MelSpectrogram and AudioEncoder beside it (the chain
+    WhisperKit runs); any other decoder behind the converted ``ggml-<name>-encoder``.
+    """
+    from .artifacts import encoder_filename
+    from .decoding import get_tokenizer, transcribe_tokens
+    from .manifest import describe_io
+    from .reference import whisper_model
+    from .transcribe import encode_samples, reference_tokens
+
+    folder = Path(path).parent
+    whisperkit = Path(path).name == "TextDecoder.mlpackage"
+    encoder_path = folder / ("AudioEncoder.mlpackage" if whisperkit else encoder_filename(model.name))
+    samples = read_wav(job.verify_input)
+    features, _ = encode_samples(samples, (encoder_path, describe_io(encoder_path)),
+                                 folder / "MelSpectrogram.mlpackage" if whisperkit else None, model.dims.n_mels, method)
+    variant = artifact.kind.removeprefix("decoder-")
+    tokens = transcribe_tokens(features, path, variant, model.dims, model.multilingual, "en")
+    import torch
+
+    with torch.no_grad():
+        expected_features = model.reference_encoder(torch.from_numpy(host_log_mel(samples, model.dims.n_mels))).numpy()
+    expected = reference_tokens(whisper_model(model.dims, model.state_dict), expected_features, "en")
+    rate = edit_distance(tokens, expected) / max(len(expected), 1)
+    tokenizer = get_tokenizer(model.dims, model.multilingual)
+    text, expected_text = tokenizer.decode(tokens).strip(), tokenizer.decode(expected).strip()
+    passed = rate <= MAX_TOKEN_ERROR_RATE
+    chain = "MelSpectrogram -> AudioEncoder -> TextDecoder" if whisperkit else f"host log-mel -> {encoder_path.name} -> {Path(path).name}"
+    message = (f"transcript {text!r} vs openai-whisper fp32 {expected_text!r}: token error rate {rate:.2f} "
+               f"(gate {MAX_TOKEN_ERROR_RATE:g}, {'pass' if passed else 'fail'}); {chain} on {Path(job.verify_input).name}")
+    return Check(artifact=artifact.filename, passed=passed, method=method, message=message,
+                 metrics={"token_error_rate": rate, "tokens": len(tokens)})
+
+
+def edit_distance(a: list, b: list) -> int:
+    """Levenshtein distance between two token lists."""
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
 
 
 def reference_decoder_logits(model, features):

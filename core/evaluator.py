@@ -289,6 +289,19 @@ def _concat(a: dict) -> np.ndarray:
     return stacked.reshape(*values[0].shape[:axis], -1, *values[0].shape[axis + 1:])
 
 
+NUMPY_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
+
+
+def _pad(a: dict) -> np.ndarray:
+    """``pad`` holds (before, after) pairs for the last len(pad)/2 axes; reflect excludes the edge, like numpy's."""
+    x, pairs = a["x"], _ints(a["pad"])
+    widths = [(0, 0)] * (x.ndim - len(pairs) // 2) + [tuple(pairs[i:i + 2]) for i in range(0, len(pairs), 2)]
+    mode = str(a.get("mode", "constant"))
+    if mode == "constant":
+        return np.pad(x, widths, constant_values=a.get("constant_val", 0))
+    return np.pad(x, widths, mode=NUMPY_PAD_MODES[mode])
+
+
 def _split(a: dict) -> tuple[np.ndarray, ...]:
     if a.get("split_sizes") is not None:
         sections = np.cumsum(_ints(a["split_sizes"]))[:-1]
@@ -483,7 +496,7 @@ OPS: dict[str, Kernel] = {
     "reshape": _reshape, "squeeze": _squeeze,
     "transpose": lambda a: np.transpose(a["x"], _ints(a["perm"])),
     "expand_dims": lambda a: np.expand_dims(a["x"], tuple(_ints(a["axes"]))),
-    "concat": _concat, "split": _split, "tile": lambda a: np.tile(a["x"], _ints(a["reps"])),
+    "concat": _concat, "split": _split, "pad": _pad, "tile": lambda a: np.tile(a["x"], _ints(a["reps"])),
     "slice_by_index": _slice_by_index, "slice_by_size": _slice_by_size, "slice_update": _slice_update,
     "gather": _gather, "gather_along_axis":
         lambda a: np.take_along_axis(a["x"], a["indices"].astype(np.intp), axis=int(a.get("axis", 0))),

@@ -11,8 +11,8 @@ from typing import Any, Callable
 
 DEFAULT_MIN_TARGET = "iOS16"
 # Options beyond Job's own fields, kept in ``Job.options`` (set by `wconv run` flags of the same name).
-EXTRA_OPTIONS = ("decoder", "target", "ggml_type", "layout", "parent", "convert_own_encoder")
-EXTRA_DEFAULTS = {"target": "whispercpp", "ggml_type": "f16"}
+EXTRA_OPTIONS = ("decoder", "target", "ggml_type", "layout", "folder_suffix", "parent", "convert_own_encoder")
+EXTRA_DEFAULTS = {"target": "whispercpp", "layout": "whispercpp", "ggml_type": "f16"}
 DEFAULT_MIN_PSNR = 35.0
 
 
@@ -53,7 +53,8 @@ class LoadedModel:
     ``state_dict`` uses openai-whisper's tensor names (``encoder.blocks.0.attn.query.weight``…);
     every family maps its own names onto these, and the shared ANE modules load from them.
     ``reference_encoder`` is the source model's own encoder in fp32 (mel -> (1, 1500, n_state)),
-    used as the verification reference.
+    used as the verification reference. ``repo_id`` is the hub id the model is published under
+    (``org/name``) when known; WhisperKit's folder is named after it.
     """
 
     family: str
@@ -65,6 +66,7 @@ class LoadedModel:
     reference_encoder: Callable | None = None
     multilingual: bool = True
     alignment_heads: list | None = None
+    repo_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

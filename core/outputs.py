@@ -1,15 +1,17 @@
-"""Write artifacts so that nothing is lost: stage in a temp dir beside the output, rename at the end."""
+"""Write artifacts so that nothing is lost: stage in a temp dir beside the output, rename at the end;
+compile them to ``.mlmodelc`` on macOS."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import InputError
+from .errors import ConversionError, InputError
 
 STAGING_PREFIX = ".wconv-staging-"
 
@@ -78,3 +80,19 @@ def link_or_copy(source: str, target: str) -> None:
 def link_tree(source: Path, target: Path) -> None:
     """Re-use a converted package under a new name: its files hard-linked (or copied) into ``target``."""
     shutil.copytree(source, target, copy_function=link_or_copy)
+
+
+def compile_command(package: Path, destination: Path) -> list[str]:
+    return ["xcrun", "coremlcompiler", "compile", str(package), str(destination)]
+
+
+def compile_package(package: Path) -> Path:
+    """macOS: compile an ``.mlpackage`` to the ``.mlmodelc`` beside it (Xcode's coremlcompiler)."""
+    if shutil.which("xcrun") is None:
+        raise ConversionError("xcrun not found: install the full Xcode (not only the command line tools) to compile .mlmodelc")
+    done = subprocess.run(compile_command(package, package.parent), capture_output=True, text=True)
+    if done.returncode != 0:
+        first = (done.stderr or done.stdout).strip().splitlines()[:1]
+        raise ConversionError(f"xcrun coremlcompiler failed for {package.name}: {first[0] if first else done.returncode} "
+                              "(is the full Xcode installed and selected with xcode-select?)")
+    return package.with_suffix(".mlmodelc")

@@ -1,5 +1,6 @@
 """The conversion pipeline: load -> patch -> (trace -> convert -> postprocess -> save -> verify)
-per artifact -> manifest -> publish. Each stage is a hook; this module only runs them in order."""
+per artifact -> ggml file or WhisperKit's config files -> manifest -> publish. Each stage is a
+hook; this module only runs them in order."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from pathlib import Path
 import pluggy
 from rich.console import Console
 
-from .artifacts import plan_artifacts
+from .artifacts import WHISPERKIT, check_layout_options, plan_artifacts
 from .errors import InputError, StageError, VerificationError, WconvError
 from .job import Check, Job, LoadedModel
 from .manager import FamilyHooks, family_names, get_plugin_manager, resolve_family
 from .manifest import build_manifest, describe_io, manifest_filename, write_manifest
 from .outputs import link_tree, publish, refuse_to_overwrite, staging_dir
+from . import whisperkit
 from .whispercpp import compile_for_whispercpp, ggml_filename, mac_hint, wants_ggml, write_ggml_model
 
 
@@ -91,6 +93,7 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
     def stage(name: str, label: str, hook, **kwargs):
         return reporter.run(label, call_stage, stage=name, caller=hook, **kwargs)
 
+    check_layout_options(job)
     hooks = FamilyHooks(pm, resolve_family(pm, job.family)) if job.family else pm.hook
     model = stage("load", f"load {job.source}", hooks.wconv_load, job=job)
     if model.family not in family_names(pm):
@@ -102,45 +105,62 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
     stage("patch", "patch", hooks.wconv_patch, model=model, job=job)
 
     plan = plan_artifacts(model, job)
+    # WhisperKit's layout is one folder in the output, published whole; the others put files in the output itself
+    folder = whisperkit.folder_name(model, job) if job.options.get("layout") == WHISPERKIT else ""
     manifest_name = manifest_filename(model.name)
     names = [artifact.filename for artifact in plan]
     if wants_ggml(job):
         names.append(ggml_filename(model, job))
-    refuse_to_overwrite(job.output, names + [manifest_name], job.force)
+    published = [folder] if folder else names + [manifest_name]
+    refuse_to_overwrite(job.output, published, job.force)
 
     checks: list[Check] = []
     described: list[dict] = []
     with staging_dir(job.output) as staging:
+        work = staging / folder
+        work.mkdir(exist_ok=True)
         reused = model.extra.get("reuse", {})
         for artifact in plan:
             what = artifact.filename
             if what in reused:
-                reporter.run(f"reuse {what} from {reused[what]['parent']}", link_tree, source=Path(reused[what]["path"]), target=staging / what)
-                described.append({"file": what, "kind": artifact.kind, "reused_from": reused[what]["path"], **describe_io(staging / what)})
+                reporter.run(f"reuse {what} from {reused[what]['parent']}", link_tree, source=Path(reused[what]["path"]), target=work / what)
+                described.append({"file": what, "kind": artifact.kind, "reused_from": reused[what]["path"], **describe_io(work / what)})
                 continue
             traced = stage("trace", f"trace {what}", hooks.wconv_trace, model=model, artifact=artifact, job=job)
             mlmodel = stage("convert", f"convert {what}", hooks.wconv_convert, traced=traced, model=model, artifact=artifact, job=job)
             del traced
             stage("postprocess", f"postprocess {what}", hooks.wconv_postprocess, mlmodel=mlmodel, model=model, artifact=artifact, job=job)
-            reporter.run(f"save {what}", save_model, mlmodel=mlmodel, path=staging / what)
+            reporter.run(f"save {what}", save_model, mlmodel=mlmodel, path=work / what)
             del mlmodel
             gc.collect()
-            described.append({"file": what, "kind": artifact.kind, **describe_io(staging / what)})
+            described.append({"file": what, "kind": artifact.kind, **describe_io(work / what)})
             if job.verify:
-                results = stage("verify", f"verify {what}", hooks.wconv_verify, path=staging / what, model=model, artifact=artifact, job=job)
+                results = stage("verify", f"verify {what}", hooks.wconv_verify, path=work / what, model=model, artifact=artifact, job=job)
                 checks.extend(flatten_checks(results))
         if wants_ggml(job):
-            ggml_path = reporter.run(f"write {names[-1]}", write_ggml_model, model=model, job=job, folder=staging)
+            ggml_path = reporter.run(f"write {names[-1]}", write_ggml_model, model=model, job=job, folder=work)
             described.append({"file": ggml_path.name, "kind": "ggml", "ggml_type": job.options.get("ggml_type", "f16")})
             if sys.platform == "darwin":
-                names += [p.name for p in reporter.run("compile for whisper.cpp", compile_for_whispercpp, package=staging / plan[0].filename)]
+                names += [p.name for p in reporter.run("compile for whisper.cpp", compile_for_whispercpp, package=work / plan[0].filename)]
+        if folder:
+            files = reporter.run("write config and tokenizer files", whisperkit.write_folder_files, model=model, folder=work)
+            described.extend({"file": name, "kind": "config", "origin": origin} for name, origin in files.items())
+            names += list(files)
+            if sys.platform == "darwin":
+                names += [p.name for p in reporter.run("compile for WhisperKit", whisperkit.compile_models, folder=work)]
         manifest = build_manifest(model, job, described, checks)
-        write_manifest(staging / manifest_name, manifest)
-        paths = publish(staging, job.output, names + [manifest_name])
+        write_manifest(work / manifest_name, manifest)
+        paths = publish(staging, job.output, published)
 
-    result = Result(model=model, paths=paths[:-1], manifest_path=paths[-1], manifest=manifest, checks=checks)
-    if wants_ggml(job) and sys.platform != "darwin":
-        result.notes.append(mac_hint(paths[0]))
+    if folder:
+        result = Result(model=model, paths=[paths[0] / name for name in names], manifest_path=paths[0] / manifest_name,
+                        manifest=manifest, checks=checks)
+        if sys.platform != "darwin":
+            result.notes.append(whisperkit.mac_hint(paths[0]))
+    else:
+        result = Result(model=model, paths=paths[:-1], manifest_path=paths[-1], manifest=manifest, checks=checks)
+        if wants_ggml(job) and sys.platform != "darwin":
+            result.notes.append(mac_hint(paths[0]))
     failed = [check for check in checks if not check.passed]
     if failed:
         raise VerificationError(f"verification failed for {failed[0].artifact}: {failed[0].message} (artifacts kept in {job.output})")

@@ -10,6 +10,15 @@ from .manager import FamilyHooks, get_plugin_manager, resolve_family
 from .pipeline import call_stage
 
 
+def hub_repo_id(directory: Path) -> str | None:
+    """The hub id (``org/name``) of a snapshot in huggingface_hub's cache (``models--org--name/snapshots/<commit>``)."""
+    resolved = Path(directory).resolve()
+    cache_entry = resolved.parent.parent.name
+    if resolved.parent.name == "snapshots" and cache_entry.startswith("models--"):
+        return cache_entry[len("models--"):].replace("--", "/", 1)
+    return None
+
+
 def load_source(source: str, family: str | None, pm=None, expected_sha256: str | None = None) -> LoadedModel:
     """Run the load and patch stages for ``source``; check it is the checkpoint a manifest names."""
     pm = pm or get_plugin_manager()

@@ -31,16 +31,20 @@ def compare(reference: np.ndarray, actual: np.ndarray) -> dict[str, float]:
     }
 
 
+def host_log_mel(samples: np.ndarray, n_mels: int) -> np.ndarray:
+    """openai-whisper's log-mel of the first 30 s of 16 kHz samples (zero-padded), as (1, n_mels, 3000) float32."""
+    import whisper
+
+    return whisper.log_mel_spectrogram(whisper.pad_or_trim(np.asarray(samples, np.float32)), n_mels=n_mels).numpy()[None]
+
+
 def log_mel_of(audio_path: Path, n_mels: int, frames: int) -> np.ndarray:
     """openai-whisper's log-mel of a wav (no ffmpeg) or a saved .npy mel, as (1, n_mels, frames)."""
     if audio_path.suffix == ".npy":
         mel = np.load(audio_path, allow_pickle=False).astype(np.float32)
         mel = mel.reshape(1, n_mels, -1)
     else:
-        import whisper
-
-        audio = read_wav(audio_path)
-        mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio), n_mels=n_mels).numpy()[None]
+        mel = host_log_mel(read_wav(audio_path), n_mels)
     if mel.shape[-1] < frames:
         mel = np.pad(mel, ((0, 0), (0, 0), (0, frames - mel.shape[-1])), constant_values=mel.min())
     return np.ascontiguousarray(mel[..., :frames], dtype=np.float32)
@@ -78,6 +82,41 @@ def reference_input(n_mels: int, frames: int, given: Path | None) -> tuple[np.nd
         return log_mel_of(clip, n_mels, frames), "log-mel of bundled speech clip"
     rng = np.random.default_rng(0)
     return rng.standard_normal((1, n_mels, frames)).astype(np.float32), "seeded noise"
+
+
+def reference_audio(given: Path | None) -> tuple[np.ndarray, str]:
+    """16 kHz samples to verify a MelSpectrogram model with: ``given`` if it is audio, else the bundled clip."""
+    if given is not None and Path(given).suffix != ".npy":
+        given = Path(given)
+        if not given.is_file():
+            raise InputError(f"verify input {given} does not exist: give a .wav or .npy file")
+        return read_wav(given), given.name
+    clip = bundled_speech()
+    if clip.is_file():
+        return read_wav(clip), "bundled speech clip"
+    return 0.1 * np.random.default_rng(0).standard_normal(160000).astype(np.float32), "seeded noise"
+
+
+def is_audio_file(path: Path | None) -> bool:
+    return path is not None and Path(path).suffix != ".npy"
+
+
+def encoder_inputs(io, mel: np.ndarray) -> dict:
+    """The feed of an encoder (Artifact or manifest entry) for a log-mel ``(1, n_mels, frames)`` or ``(1, n_mels, 1, frames)``."""
+    from .artifacts import channels_first_encoder, io_specs
+
+    spec = io_specs(io)[0][0]
+    mel = mel.reshape(1, mel.shape[1], 1, -1) if channels_first_encoder(io) else mel.reshape(1, mel.shape[1], -1)
+    return {spec["name"]: mel.astype(np.float16 if spec["dtype"] == "float16" else np.float32)}
+
+
+def encoder_features(io, outputs: dict) -> np.ndarray:
+    """An encoder's prediction in whisper.cpp's layout ``(1, n_audio_ctx, D)`` float32, whichever layout it has."""
+    from .artifacts import channels_first_encoder, io_specs
+
+    spec = io_specs(io)[1][0]
+    features = np.asarray(outputs[spec["name"]], dtype=np.float32)
+    return features[:, :, 0, :].transpose(0, 2, 1) if channels_first_encoder(io) else features
 
 
 def platform_methods() -> tuple[str, ...]:

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import subprocess
 from pathlib import Path
 
-from .errors import ConversionError
+from .artifacts import WHISPERKIT
 from .ggml import ggml_file_name, vocab_from_hf_tokenizer, vocab_from_tiktoken, write_ggml
 from .job import Job, LoadedModel
+from .outputs import compile_command, compile_package
 
 def wants_ggml(job: Job) -> bool:
-    return job.options.get("target", "whispercpp") == "whispercpp"
+    """The whisper.cpp target writes a ggml file, except in WhisperKit's layout (Core ML only)."""
+    return job.options.get("target", "whispercpp") == "whispercpp" and job.options.get("layout") != WHISPERKIT
 
 
 def ggml_filename(model: LoadedModel, job: Job) -> str:
@@ -34,10 +35,6 @@ def write_ggml_model(model: LoadedModel, job: Job, folder: Path) -> Path:
                       job.options.get("ggml_type", "f16"))
 
 
-def compile_command(package: Path, destination: Path) -> list[str]:
-    return ["xcrun", "coremlcompiler", "compile", str(package), str(destination)]
-
-
 def mac_hint(package: Path) -> str:
     """What to run on a Mac to get the ``.mlmodelc`` whisper.cpp loads (Core ML cannot compile on Linux)."""
     return f"on a Mac with Xcode: {shlex.join(compile_command(package, package.parent))}"
@@ -45,12 +42,6 @@ def mac_hint(package: Path) -> str:
 
 def compile_for_whispercpp(package: Path) -> list[Path]:
     """macOS: compile the encoder to ``.mlmodelc`` beside it and zip it; returns both paths."""
-    if shutil.which("xcrun") is None:
-        raise ConversionError("xcrun not found: install the full Xcode (not only the command line tools) to compile .mlmodelc")
-    done = subprocess.run(compile_command(package, package.parent), capture_output=True, text=True)
-    if done.returncode != 0:
-        first = (done.stderr or done.stdout).strip().splitlines()[:1]
-        raise ConversionError(f"xcrun coremlcompiler failed for {package.name}: {first[0] if first else done.returncode} (is the full Xcode installed and selected with xcode-select?)")
-    compiled = package.with_suffix(".mlmodelc")
+    compiled = compile_package(package)
     archive = shutil.make_archive(str(compiled), "zip", root_dir=package.parent, base_dir=compiled.name)
     return [compiled, Path(archive)]

@@ -119,7 +119,7 @@ def test_python_api_writes_what_wconv_run_writes(project, tmp_path):
 
 def test_api_options_are_job_fields_or_extra_options():
     job = build_job("a.pt", "openai", "out", name="small-de", audio_lengths=[1500, 3000], ggml_type="q5_0", decoder=None)
-    assert (job.name, job.audio_lengths, job.options) == ("small-de", (1500, 3000), {"target": "whispercpp", "ggml_type": "q5_0"})
+    assert (job.name, job.audio_lengths, job.options) == ("small-de", (1500, 3000), {"target": "whispercpp", "layout": "whispercpp", "ggml_type": "q5_0"})
     with pytest.raises(wconv.InputError, match="unknown option 'colour'"):
         wconv.convert("a.pt", colour="blue")
 

@@ -480,6 +480,14 @@ def test_concat_and_interleave(tmp_path, rng):
     np.testing.assert_array_equal(interleaved, expected)
 
 
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate"])
+def test_pad_like_torch(tmp_path, rng, mode):
+    x = rng.standard_normal((1, 2, 7)).astype(np.float32)
+    padded = evaluate(tmp_path, "pad", lambda x: mb.pad(x=x, pad=[3, 2], mode=mode, constant_val=1.5), x)
+    expected = F.pad(torch.from_numpy(x), (3, 2), mode=mode, **({"value": 1.5} if mode == "constant" else {}))
+    np.testing.assert_array_equal(padded, expected.numpy())
+
+
 def test_split(tmp_path, rng):
     x = rng.standard_normal((2, 6, 3)).astype(np.float32)
     outputs = evaluate(tmp_path, "split", lambda x: (*mb.split(x=x, num_splits=3, axis=1),

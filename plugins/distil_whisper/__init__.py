@@ -14,6 +14,7 @@ encoder may differ from large-v3's, converts its own encoder when the tensors di
 from __future__ import annotations
 
 import wconv
+from wconv.artifacts import WHISPERKIT
 
 from .reuse import KNOWN_PARENTS, MAY_DIFFER, EncoderDiffers, parent_encoder_reuse, resolve_distil
 
@@ -32,8 +33,8 @@ def wconv_load(job):
     model = load_transformers(job=job.replace(source=distil.checkpoint, family="hf"))
     model.family = "distil"
     model.name = job.name or distil.name
-    if job.options.get("convert_own_encoder"):
-        return model
+    if job.options.get("convert_own_encoder") or job.options.get("layout") == WHISPERKIT:
+        return model  # WhisperKit's AudioEncoder has other IO than the parent's cached whisper.cpp encoder
     try:
         model.extra["reuse"] = parent_encoder_reuse(model, distil.parent, job)
     except EncoderDiffers as e:

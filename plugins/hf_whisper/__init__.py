@@ -14,6 +14,7 @@ overrides the rule.
 from __future__ import annotations
 
 import wconv
+from wconv.sources import hub_repo_id
 
 from .checkpoint import HFReferenceEncoder, read_checkpoint, resolve_source
 
@@ -42,5 +43,6 @@ def wconv_load(job):
         reference_encoder=HFReferenceEncoder(checkpoint.config, checkpoint.encoder_state),
         multilingual=checkpoint.dims.n_vocab >= 51865,
         alignment_heads=checkpoint.alignment_heads,
+        repo_id=hub_repo_id(directory),
         extra={"tokenizer_json": checkpoint.tokenizer_json},  # whisper.cpp's ggml vocabulary
     )

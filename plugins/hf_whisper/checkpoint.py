@@ -19,8 +19,11 @@ import torch
 
 from wconv.errors import InputError
 from wconv.outputs import sha256_file
+from wconv.sources import hub_repo_id
 
-from .mapping import TIED_HEAD, TOKEN_EMBEDDING, dims_from_config, hf_to_canonical, unsupported_settings
+from wconv.hf_config import dims_from_config
+
+from .mapping import TIED_HEAD, TOKEN_EMBEDDING, hf_to_canonical, unsupported_settings
 
 ARCHITECTURE = "WhisperForConditionalGeneration"
 # (index of a sharded checkpoint, single file), in order of preference
@@ -47,11 +50,7 @@ def artifact_name(repo_id: str) -> str:
 
 def repo_id_of(directory: Path) -> str:
     """The hub id of a snapshot in HF's cache (``models--org--name/snapshots/<commit>``), else the directory name."""
-    resolved = directory.resolve()
-    cache_entry = resolved.parent.parent.name
-    if resolved.parent.name == "snapshots" and cache_entry.startswith("models--"):
-        return cache_entry[len("models--"):].replace("--", "/", 1)
-    return resolved.name
+    return hub_repo_id(directory) or directory.resolve().name
 
 
 def looks_like_hub_id(source: str) -> bool:

@@ -1,4 +1,5 @@
-"""Hugging Face Transformers' Whisper <-> openai-whisper (canonical): tensor names and dimensions.
+"""Hugging Face Transformers' Whisper <-> openai-whisper (canonical): tensor names and supported settings
+(the dimensions table is core's, :mod:`wconv.hf_config`).
 
 Names go through one two-way rule table, :data:`NAME_RULES`. Each rule pairs an HF name template
 with an openai one; ``{side}``, ``{layer}``, ``{param}`` and ``{conv}`` stand for the parts that
@@ -77,30 +78,6 @@ def hf_to_canonical(hf_state: dict) -> tuple[dict, list[str]]:
 def canonical_to_hf(state_dict: dict) -> tuple[dict, list[str]]:
     """HF names for a canonical state dict (``proj_out`` left out: HF ties it when loading)."""
     return rename(state_dict, OPENAI_TO_HF)
-
-
-# openai-whisper ModelDimensions field -> WhisperConfig field (d_model serves both sides)
-CONFIG_FIELDS = (
-    ("n_mels", "num_mel_bins"), ("n_audio_ctx", "max_source_positions"), ("n_audio_state", "d_model"),
-    ("n_audio_head", "encoder_attention_heads"), ("n_audio_layer", "encoder_layers"), ("n_vocab", "vocab_size"),
-    ("n_text_ctx", "max_target_positions"), ("n_text_state", "d_model"), ("n_text_head", "decoder_attention_heads"),
-    ("n_text_layer", "decoder_layers"),
-)
-
-
-def dims_from_config(config):
-    """openai-whisper ``ModelDimensions`` of an HF ``WhisperConfig``."""
-    from whisper.model import ModelDimensions
-
-    return ModelDimensions(**{dim: getattr(config, key) for dim, key in CONFIG_FIELDS})
-
-
-def config_from_dims(dims, **settings):
-    """The HF ``WhisperConfig`` with ``dims`` (inverse of :func:`dims_from_config`) plus ``settings``."""
-    from transformers import WhisperConfig
-
-    fields = {key: getattr(dims, dim) for dim, key in CONFIG_FIELDS}
-    return WhisperConfig(**fields, encoder_ffn_dim=4 * dims.n_audio_state, decoder_ffn_dim=4 * dims.n_text_state, **settings)
 
 
 def unsupported_settings(config) -> list[str]:

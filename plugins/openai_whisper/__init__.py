@@ -7,7 +7,7 @@ from pathlib import Path
 
 import wconv
 
-from .checkpoint import OFFICIAL_MODELS, load_checkpoint, official_alignment_heads, resolve_checkpoint
+from .checkpoint import OFFICIAL_MODELS, hub_repo_id_of_official, load_checkpoint, official_alignment_heads, resolve_checkpoint
 
 ALIASES = ("openai-whisper", "whisper")
 KNOWN_MODELS = OFFICIAL_MODELS
@@ -30,6 +30,7 @@ def wconv_load(job):
         reference_encoder=wconv.LazyEncoder(dims, state_dict),
         multilingual=dims.n_vocab >= 51865,
         alignment_heads=official_alignment_heads(name, dims),
+        repo_id=hub_repo_id_of_official(job.source),
     )
 
 

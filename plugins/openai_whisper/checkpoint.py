@@ -43,6 +43,17 @@ def resolve_checkpoint(source: str, explicit: bool) -> tuple[Path | None, str]:
     return None, ""
 
 
+# openai-whisper names whose Hugging Face mirror (openai/whisper-<name>) is named otherwise
+HUB_NAMES = {"large-v1": "large", "large": "large-v3", "turbo": "large-v3-turbo"}
+
+
+def hub_repo_id_of_official(source: str) -> str | None:
+    """``openai/whisper-<size>``, the hub id of an official model name (None for a local file)."""
+    if source in OFFICIAL_MODELS or source in HUB_NAMES:
+        return f"openai/whisper-{HUB_NAMES.get(source, source)}"
+    return None
+
+
 def load_checkpoint(path: Path):
     """(ModelDimensions, canonical state dict, sha256) of an openai-format .pt file."""
     from whisper.model import ModelDimensions

@@ -1,0 +1,270 @@
+"""`--layout whisperkit`: WhisperKit's folder (MelSpectrogram, AudioEncoder, TextDecoder, config files) from the
+real Whisper base weights and from a 128-mel Transformers model; IO contracts, the log-mel against
+openai-whisper, the three models chained as WhisperKit runs them, config and tokenizer files, CLI rules."""
+
+import json
+from collections import Counter
+
+import coremltools as ct
+import numpy as np
+import pytest
+import torch
+import whisper
+from click.testing import CliRunner
+from coremltools.converters.mil.mil import types
+from whisper.model import ModelDimensions
+
+from wconv.cli import cli
+from wconv.decoding import get_tokenizer, transcribe_tokens
+from wconv.errors import InputError
+from wconv.evaluator import MLProgramEvaluator
+from wconv.hf_config import dims_from_config
+from wconv.job import Job, LoadedModel
+from wconv.plugins.hf_whisper.export import save_hf_whisper
+from wconv.samples import random_state_dict, real_dims
+from wconv.transcribe import transcribe
+from wconv.verify import read_wav
+from wconv.whisperkit import folder_name, mac_hint
+
+FP16, INT32 = "FLOAT16", "INT32"
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(map(str, args)))
+
+
+def whisperkit_contract(n_mels: int, d_model: int, n_layers: int, n_vocab: int, alignment_heads: bool) -> dict:
+    """WhisperKit's IO contract (whisperkittools' names, shapes and Core ML dtypes), written out independently of wconv."""
+    cache, mask = [1, d_model * n_layers, 1, 448], [1, 448]
+    embeds = ("encoder_output_embeds", [1, d_model, 1, 1500], FP16)
+    decoder_outputs = [("logits", [1, 1, n_vocab], FP16), ("key_cache_updates", [1, d_model * n_layers, 1, 1], FP16),
+                       ("value_cache_updates", [1, d_model * n_layers, 1, 1], FP16)]
+    return {
+        "MelSpectrogram": ([("audio", [480000], FP16)], [("melspectrogram_features", [1, n_mels, 1, 3000], FP16)]),
+        "AudioEncoder": ([("melspectrogram_features", [1, n_mels, 1, 3000], FP16)], [embeds]),
+        "TextDecoder": (
+            [("input_ids", [1], INT32), ("cache_length", [1], INT32), ("key_cache", cache, FP16), ("value_cache", cache, FP16),
+             ("kv_cache_update_mask", mask, FP16), embeds, ("decoder_key_padding_mask", mask, FP16)],
+            decoder_outputs + ([("alignment_heads_weights", [1, 1500], FP16)] if alignment_heads else []),
+        ),
+    }
+
+
+def saved_io(package) -> tuple[list, list]:
+    spec = ct.models.MLModel(str(package), skip_model_load=True).get_spec()
+    names = {v: k for k, v in ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.items()}
+
+    def described(features):
+        return [(f.name, list(f.type.multiArrayType.shape), names[f.type.multiArrayType.dataType]) for f in features]
+
+    return described(spec.description.input), described(spec.description.output)
+
+
+@pytest.fixture(scope="module")
+def base_folder(sample_dir, tmp_path_factory, speech_clips):
+    """`wconv run` of the real base weights with --layout whisperkit, verified with a clip (transcript check)."""
+    output = tmp_path_factory.mktemp("whisperkit") / "models"
+    result = invoke("run", "--family", "ct2", sample_dir, "--layout", "whisperkit", "--output", output,
+                    "--verify-input", speech_clips[0])
+    assert result.exit_code == 0, result.output
+    return output, output / "base", result.output
+
+
+@pytest.fixture(scope="module")
+def hub_128_folder(tmp_path_factory):
+    """A random 128-mel model (tiny widths, large-v3's vocabulary) as a Transformers snapshot in HF's cache layout,
+    converted with --layout whisperkit and a folder suffix."""
+    root = tmp_path_factory.mktemp("hub")
+    dims = ModelDimensions(**{**real_dims("tiny").__dict__, "n_mels": 128, "n_vocab": 51866})
+    snapshot = save_hf_whisper(root / "models--someone--whisper-tiny-128" / "snapshots" / "0123abc", dims, random_state_dict(dims, seed=3))
+    result = invoke("run", "--family", "hf", snapshot, "--layout", "whisperkit", "--folder-suffix", "v1", "--output", root / "out")
+    assert result.exit_code == 0, result.output
+    return snapshot, root / "out" / "someone_whisper-tiny-128_v1", dims
+
+
+# ---------------------------------------------------------------------------------------- the folder and its IO
+
+
+def test_base_folder_holds_whisperkits_files_and_the_manifest(base_folder):
+    output, folder, printed = base_folder
+    assert sorted(p.name for p in output.iterdir()) == ["base"]  # one folder, nothing staged left behind
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "AudioEncoder.mlpackage", "MelSpectrogram.mlpackage", "TextDecoder.mlpackage", "base.manifest.json", "config.json",
+        "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
+    assert not (folder / "ggml-base.bin").exists()
+    assert mac_hint(folder) in printed and "xcrun coremlcompiler compile" in printed
+
+
+@pytest.mark.parametrize("model", ["MelSpectrogram", "AudioEncoder", "TextDecoder"])
+def test_base_models_have_whisperkits_io_contract(base_folder, model):
+    contract = whisperkit_contract(n_mels=80, d_model=512, n_layers=6, n_vocab=51865, alignment_heads=True)
+    assert saved_io(base_folder[1] / f"{model}.mlpackage") == contract[model]
+
+
+@pytest.mark.parametrize("model", ["MelSpectrogram", "AudioEncoder", "TextDecoder"])
+def test_128_mel_models_have_whisperkits_io_contract(hub_128_folder, model):
+    contract = whisperkit_contract(n_mels=128, d_model=384, n_layers=4, n_vocab=51866, alignment_heads=False)
+    assert saved_io(hub_128_folder[1] / f"{model}.mlpackage") == contract[model]
+
+
+def test_folder_is_named_after_the_hub_id_with_the_suffix_and_copies_the_sources_configs(hub_128_folder):
+    snapshot, folder, dims = hub_128_folder
+    manifest = json.loads((folder / "whisper-tiny-128.manifest.json").read_text())
+    origins = {entry["file"]: entry["origin"] for entry in manifest["artifacts"] if entry["kind"] == "config"}
+    assert origins == {"config.json": "source", "generation_config.json": "source"}  # no tokenizer.json in the source
+    for name in origins:
+        assert (folder / name).read_bytes() == (snapshot / name).read_bytes()
+    assert [check["passed"] for check in manifest["verify"]] == [True] * 3
+
+
+def test_mel_spectrogram_program_computes_in_fp32_between_fp16_io(base_folder):
+    from wconv.evaluator import _load_program
+
+    _, program = _load_program(base_folder[1] / "MelSpectrogram.mlpackage")
+    operations = [op for op in program.functions["main"].operations if op.op_type != "const"]
+    assert [op.op_type for op in operations][0] == "cast" and operations[-1].op_type == "cast"
+    assert all(out.dtype == types.fp32 for op in operations[:-1] for out in op.outputs if types.is_tensor(out.sym_type))
+    kinds = Counter(op.op_type for op in operations)
+    assert kinds["conv"] == 2 and kinds["pad"] == 1  # the STFT and the mel filterbank are convolutions
+
+
+# ---------------------------------------------------------------------------------------- numbers
+
+
+def test_mel_spectrogram_in_the_evaluator_matches_openai_whisper_on_speech(base_folder, hub_128_folder, speech_clips):
+    """Against openai-whisper's log-mel of the samples the model receives (its input is fp16, WhisperKit's contract).
+
+    Against the float32 samples the error is what that input rounding alone causes, computed with
+    openai-whisper itself: whatever the model adds on top stays under 1e-2.
+    """
+    for folder, n_mels in ((base_folder[1], 80), (hub_128_folder[1], 128)):
+        model = MLProgramEvaluator.load(folder / "MelSpectrogram.mlpackage")
+        for clip in speech_clips:
+            audio = whisper.pad_or_trim(read_wav(clip))
+            received = audio.astype(np.float16).astype(np.float32)
+            actual = model.predict({"audio": audio})["melspectrogram_features"][0, :, 0].astype(np.float32)
+            assert np.abs(actual - whisper.log_mel_spectrogram(received, n_mels=n_mels).numpy()).max() <= 1e-2, clip.name
+            exact = whisper.log_mel_spectrogram(audio, n_mels=n_mels).numpy()
+            rounding_alone = np.abs(whisper.log_mel_spectrogram(received, n_mels=n_mels).numpy() - exact)
+            assert np.all(np.abs(actual - exact) <= rounding_alone + 1e-2), clip.name
+
+
+def test_chained_models_give_openai_whisper_fp32_tokens_on_every_clip(base_folder, openai_base_model, speech_clips, ct2_base):
+    """MelSpectrogram -> AudioEncoder -> TextDecoder in the evaluator, the decoder driven as WhisperKit drives it
+    (host caches, one-hot update mask, padding mask), greedy: the tokens of openai-whisper fp32."""
+    folder = base_folder[1]
+    mel_model = MLProgramEvaluator.load(folder / "MelSpectrogram.mlpackage")
+    encoder = MLProgramEvaluator.load(folder / "AudioEncoder.mlpackage")
+    options = whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False)
+    for clip in speech_clips:
+        audio = whisper.pad_or_trim(read_wav(clip))
+        mel = mel_model.predict({"audio": audio})["melspectrogram_features"]
+        embeds = encoder.predict({"melspectrogram_features": mel})["encoder_output_embeds"]
+        tokens = transcribe_tokens(embeds[:, :, 0, :].transpose(0, 2, 1), folder / "TextDecoder.mlpackage", "cache-io",
+                                   ct2_base.dims, multilingual=True)
+        expected = whisper.decode(openai_base_model, whisper.log_mel_spectrogram(audio), options)
+        assert tokens and tokens == list(expected.tokens), clip.name
+
+
+def test_wconv_transcribe_runs_the_whisperkit_folder(base_folder, openai_base_model, speech_clips):
+    clip = speech_clips[1]
+    result = transcribe(base_folder[1], clip, language="en")
+    expected = whisper.decode(openai_base_model, whisper.log_mel_spectrogram(whisper.pad_or_trim(read_wav(clip))),
+                              whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False))
+    assert result["tokens"] == list(expected.tokens) and result["text"] == expected.text
+    assert result["decoder"].startswith("cache-io")
+
+
+def test_verify_report_covers_all_three_models_and_the_transcript(base_folder, speech_clips):
+    manifest = json.loads((base_folder[1] / "base.manifest.json").read_text())
+    checks = {(check["artifact"], tuple(sorted(check["metrics"]))): check for check in manifest["verify"]}
+    mel = next(c for (artifact, _), c in checks.items() if artifact == "MelSpectrogram.mlpackage")
+    assert mel["metrics"]["max_abs_error"] <= 1e-2 and mel["metrics"]["psnr"] >= 60
+    assert mel["metrics"]["max_abs_error_vs_fp32_audio"] > mel["metrics"]["max_abs_error"]  # the fp16 input's share
+    encoder = next(c for (artifact, _), c in checks.items() if artifact == "AudioEncoder.mlpackage")
+    assert encoder["metrics"]["psnr"] >= 60
+    decoder = [c for (artifact, _), c in checks.items() if artifact == "TextDecoder.mlpackage"]
+    logits, transcript = sorted(decoder, key=lambda c: "token_error_rate" in c["metrics"])
+    assert logits["metrics"]["psnr"] >= 50
+    assert transcript["metrics"] == {"token_error_rate": 0.0, "tokens": transcript["metrics"]["tokens"]} and transcript["passed"]
+    assert "MelSpectrogram -> AudioEncoder -> TextDecoder" in transcript["message"] and speech_clips[0].name in transcript["message"]
+
+
+def test_wconv_verify_checks_a_saved_mel_spectrogram(base_folder, speech_clips):
+    result = invoke("verify", base_folder[1] / "MelSpectrogram.mlpackage", "--input", speech_clips[2], "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["passed"] and report["max_abs_error"] <= 1e-2
+
+
+# ---------------------------------------------------------------------------------------- config and tokenizer files
+
+
+def test_generated_generation_config_agrees_with_ctranslate2s_config(base_folder, ct2_base):
+    """The generated files (openai-whisper's tokenizer and dims) against CTranslate2's converter's own config.json."""
+    from transformers import GenerationConfig, WhisperConfig
+
+    folder = base_folder[1]
+    generation = GenerationConfig.from_pretrained(folder)
+    assert generation.suppress_tokens == ct2_base.config["suppress_ids"]
+    assert generation.begin_suppress_tokens == ct2_base.config["suppress_ids_begin"]
+    assert sorted(generation.lang_to_id.values()) == sorted(ct2_base.config["lang_ids"])
+    assert generation.alignment_heads == ct2_base.alignment_heads
+    assert (generation.decoder_start_token_id, generation.eos_token_id, generation.no_timestamps_token_id) == (50258, 50257, 50363)
+    assert generation.task_to_id == {"transcribe": 50359, "translate": 50358} and generation.is_multilingual
+    assert dims_from_config(WhisperConfig.from_pretrained(folder)) == ct2_base.dims
+
+
+def test_bundled_tokenizer_loads_and_decodes_like_openai_whisper(base_folder, sample_dir):
+    """The source's tokenizer.json, loadable with the generated tokenizer_config.json, reads tokens as openai-whisper does.
+
+    (The sample's tokenizer.json lacks GPT-2's first merge, "Ġ t", so it encodes " the" as two tokens:
+    the file is the source's own, copied as it is; decoding, what WhisperKit's transcripts use, is exact.)
+    """
+    from transformers import AutoTokenizer
+
+    assert (base_folder[1] / "tokenizer.json").read_bytes() == (sample_dir / "tokenizer.json").read_bytes()
+    tokenizer = AutoTokenizer.from_pretrained(base_folder[1])
+    reference = get_tokenizer(real_dims("base"), multilingual=True)
+    tokens = reference.encode(" The quick brown fox jumps over the lazy dog. Über 3,5 Mio. Menschen sprechen Deutsch.")
+    assert tokenizer.decode(tokens) == reference.decode(tokens)
+    assert tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]) == \
+        list(reference.sot_sequence_including_notimestamps)
+
+
+# ---------------------------------------------------------------------------------------- names and CLI rules
+
+
+def loaded(name="base", repo_id=None) -> LoadedModel:
+    return LoadedModel(family="openai", name=name, dims=real_dims("base"), state_dict={}, source="x", source_sha256="0", repo_id=repo_id)
+
+
+def test_folder_name_rule():
+    from wconv.plugins.openai_whisper.checkpoint import hub_repo_id_of_official
+
+    assert folder_name(loaded(repo_id=hub_repo_id_of_official("base")), Job(source="base")) == "openai_whisper-base"
+    assert hub_repo_id_of_official("turbo") == "openai/whisper-large-v3-turbo" and hub_repo_id_of_official("x.pt") is None
+    assert folder_name(loaded(repo_id="distil-whisper/distil-large-v3"), Job(source="x")) == "distil-whisper_distil-large-v3"
+    assert folder_name(loaded("my-finetune"), Job(source="my-finetune.pt")) == "my-finetune"
+    suffixed = Job(source="x", name="custom", options={"folder_suffix": "947MB"})
+    assert folder_name(loaded(repo_id="openai/whisper-base"), suffixed) == "custom_947MB"
+    with pytest.raises(InputError, match="without '/'"):
+        folder_name(loaded(), Job(source="x", options={"folder_suffix": "a/b"}))
+
+
+@pytest.mark.parametrize("extra, option", [(["--decoder", "stateful"], "--decoder"), (["--audio-lengths", "1500,3000"], "--audio-lengths"),
+                                           (["--ggml-type", "q5_0"], "--ggml-type")])
+def test_options_of_other_layouts_are_refused_before_anything_is_written(sample_dir, tmp_path, extra, option):
+    result = invoke("run", "--family", "ct2", sample_dir, "--layout", "whisperkit", "--output", tmp_path / "out", *extra)
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and option in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_folder_is_kept_without_force(base_folder, sample_dir):
+    output, folder, _ = base_folder
+    before = (folder / "base.manifest.json").read_bytes()
+    result = invoke("run", "--family", "ct2", sample_dir, "--layout", "whisperkit", "--output", output)
+    assert result.exit_code == 2 and "already exists" in result.output and "--force" in result.output
+    assert (folder / "base.manifest.json").read_bytes() == before
+    assert sorted(p.name for p in output.iterdir()) == ["base"]
