@@ -3,6 +3,7 @@ real Whisper base weights and from a 128-mel Transformers model; IO contracts, t
 openai-whisper, the three models chained as WhisperKit runs them, config and tokenizer files, CLI rules."""
 
 import json
+import os
 from collections import Counter
 
 import coremltools as ct
@@ -268,3 +269,21 @@ def test_existing_folder_is_kept_without_force(base_folder, sample_dir):
     assert result.exit_code == 2 and "already exists" in result.output and "--force" in result.output
     assert (folder / "base.manifest.json").read_bytes() == before
     assert sorted(p.name for p in output.iterdir()) == ["base"]
+
+
+def test_mac_compile_step_compiles_each_model_beside_it(tmp_path, monkeypatch):
+    """The macOS path with a stand-in ``xcrun`` on PATH that records its arguments and makes the .mlmodelc."""
+    from wconv.whisperkit import compile_models
+
+    bin_dir, folder = tmp_path / "bin", tmp_path / "openai_whisper-base"
+    bin_dir.mkdir()
+    folder.mkdir()
+    xcrun = bin_dir / "xcrun"
+    xcrun.write_text('#!/bin/sh\necho "$@" >> "$(dirname "$0")/calls"\nname=$(basename "$3" .mlpackage)\nmkdir "$4/$name.mlmodelc"\n')
+    xcrun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    compiled = compile_models(folder)
+    assert [path.name for path in compiled] == ["MelSpectrogram.mlmodelc", "AudioEncoder.mlmodelc", "TextDecoder.mlmodelc"]
+    assert all(path.is_dir() and path.parent == folder for path in compiled)
+    calls = (bin_dir / "calls").read_text().splitlines()
+    assert calls[0] == f"coremlcompiler compile {folder}/MelSpectrogram.mlpackage {folder}" and len(calls) == 3
