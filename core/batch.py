@@ -42,7 +42,7 @@ from rich.text import Text
 from .api import OPTION_NAMES, build_job
 from .errors import InputError, WconvError
 from .job import Job
-from .manifest import read_manifest
+from .manifest import manifests_in, read_manifest
 from .outputs import STAGING_PREFIX, sha256_file
 from .pipeline import Result, StageReporter, run
 
@@ -212,7 +212,7 @@ def import_plugin(name: str):
 def earlier_manifests(job: Job) -> list[dict]:
     """Manifests in the job's output dir that a run of this model (and name, if given) wrote."""
     found = []
-    for path in sorted([*job.output.glob("*.manifest.json"), *job.output.glob("*/*.manifest.json")]):  # */: WhisperKit folders
+    for path in manifests_in(job.output):
         with suppress(ValueError, OSError):
             manifest = read_manifest(path)
             if manifest.get("model") == job.source and job.name in (None, manifest.get("name")):

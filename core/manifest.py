@@ -76,6 +76,12 @@ def write_manifest(path: Path, manifest: dict) -> None:
     path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def manifests_in(folder: Path) -> list[Path]:
+    """The wconv manifests in ``folder`` and in its subfolders one level down (WhisperKit's model folders)."""
+    folder = Path(folder)
+    return sorted([*folder.glob("*.manifest.json"), *folder.glob("*/*.manifest.json")]) if folder.is_dir() else []
+
+
 def read_manifest(path: Path) -> dict:
     """Load a manifest given its file or the directory holding exactly one."""
     from .errors import InputError

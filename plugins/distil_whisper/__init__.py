@@ -7,6 +7,8 @@ encoder tensor is the same (per-tensor sha256 of the fp16 values), finds the par
 encoder (in the output directory or wconv's cache, by parent name and checkpoint sha256; if there
 is none it converts the parent once, through the parent's own family, into the cache) and has the
 pipeline link that package as ``ggml-<distil-name>-encoder.mlpackage``: no trace, no convert.
+With ``--layout whisperkit`` the parent's ``AudioEncoder.mlpackage`` is linked when one was converted
+(its IO differs from whisper.cpp's encoder); else the distil's own encoder, the same tensors, is converted.
 The decoder side (ggml file, Core ML decoders) is the distil model's own. distil-large-v3.5, whose
 encoder may differ from large-v3's, converts its own encoder when the tensors differ.
 """
@@ -14,7 +16,6 @@ encoder may differ from large-v3's, converts its own encoder when the tensors di
 from __future__ import annotations
 
 import wconv
-from wconv.artifacts import WHISPERKIT
 
 from .reuse import KNOWN_PARENTS, MAY_DIFFER, EncoderDiffers, parent_encoder_reuse, resolve_distil
 
@@ -33,8 +34,8 @@ def wconv_load(job):
     model = load_transformers(job=job.replace(source=distil.checkpoint, family="hf"))
     model.family = "distil"
     model.name = job.name or distil.name
-    if job.options.get("convert_own_encoder") or job.options.get("layout") == WHISPERKIT:
-        return model  # WhisperKit's AudioEncoder has other IO than the parent's cached whisper.cpp encoder
+    if job.options.get("convert_own_encoder"):
+        return model
     try:
         model.extra["reuse"] = parent_encoder_reuse(model, distil.parent, job)
     except EncoderDiffers as e:

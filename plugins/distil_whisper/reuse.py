@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from wconv.artifacts import encoder_filename
+from wconv.artifacts import WHISPERKIT, io_specs, plan_artifacts
 from wconv.errors import InputError
-from wconv.job import Job, LoadedModel
+from wconv.job import Artifact, Job, LoadedModel
 
 KNOWN_PARENTS = {
     "distil-small.en": "small.en",
@@ -81,20 +81,28 @@ def check_same_encoder_shape(model: LoadedModel, parent: LoadedModel) -> None:
                              "they cannot share an encoder; pass the right --parent")
 
 
-def find_converted_encoder(parent: LoadedModel, folders: list[Path], job: Job) -> tuple[Path, dict] | tuple[None, None]:
-    """A fixed-shape encoder of ``parent`` (same checkpoint sha256 and min target) in one of ``folders``."""
-    from wconv.manifest import read_manifest
+def io_contract(io) -> list[tuple]:
+    """Names, shapes and dtypes of an Artifact's or manifest entry's IO; enumerated shapes make it differ."""
+    inputs, outputs = io_specs(io)
+    return [(spec["name"], list(spec["shape"]), spec["dtype"], bool(spec.get("enumerated_shapes") or spec.get("enumerated_frames")))
+            for spec in (*inputs, *outputs)]
+
+
+def find_converted_encoder(parent: LoadedModel, wanted: Artifact, folders: list[Path], job: Job) -> tuple[Path, dict] | tuple[None, None]:
+    """An encoder of ``parent`` (same checkpoint sha256, min target and IO as ``wanted``, verified) in one of ``folders``."""
+    from wconv.manifest import manifests_in, read_manifest
 
     for folder in folders:
-        for candidate in sorted(Path(folder).glob("*.manifest.json")) if Path(folder).is_dir() else []:
+        for candidate in manifests_in(folder):
             manifest = read_manifest(candidate)
             if manifest.get("checkpoint_sha256") != parent.source_sha256:
                 continue
             if manifest["options"].get("min_target") != job.min_target or not all(c["passed"] for c in manifest["verify"]):
                 continue
-            package = candidate.parent / encoder_filename(manifest["name"])
-            if package.is_dir():
-                return package, manifest
+            for entry in manifest["artifacts"]:
+                package = candidate.parent / entry["file"]
+                if entry["kind"] == "encoder" and io_contract(entry) == io_contract(wanted) and package.is_dir():
+                    return package, manifest
     return None, None
 
 
@@ -105,7 +113,13 @@ def parent_cache_dir(parent: LoadedModel) -> Path:
 
 
 def parent_encoder_reuse(model: LoadedModel, parent_source: str, job: Job) -> dict:
-    """Prove the encoders equal and return ``{artifact filename: reuse record}`` for the pipeline."""
+    """Prove the encoders equal and return ``{artifact filename: reuse record}`` for the pipeline.
+
+    The parent's encoder with the IO the job's layout needs is looked for in the output and the
+    cache; if there is none, the whisper.cpp layout converts the parent's once into the cache, and
+    WhisperKit's layout converts the distil's own (the same tensors: converting the parent's whole
+    folder would cost more), so the result is ``{}``.
+    """
     from wconv.pipeline import run
     from wconv.sources import load_source
 
@@ -116,15 +130,18 @@ def parent_encoder_reuse(model: LoadedModel, parent_source: str, job: Job) -> di
         raise EncoderDiffers(f"{model.name}'s encoder differs from {parent.name}'s at tensor {differing}: "
                          "pass --convert-own-encoder to convert its own encoder")
     compared = sum(1 for name in model.state_dict if name.startswith("encoder."))
+    wanted = next(artifact for artifact in plan_artifacts(model, job) if artifact.kind == "encoder")
     folders = [job.output, parent_cache_dir(parent)]
-    package, manifest = find_converted_encoder(parent, folders, job)
+    package, manifest = find_converted_encoder(parent, wanted, folders, job)
+    if package is None and job.options.get("layout") == WHISPERKIT:
+        return {}
     if package is None:
         parent_job = Job(source=parent.source, family=parent.family, output=parent_cache_dir(parent), min_target=job.min_target,
                          verify=True, min_psnr=job.min_psnr, force=True, options={"target": "coreml"})
         result = run(parent_job)
         package, manifest = result.paths[0], result.manifest
     return {
-        encoder_filename(model.name): {
+        wanted.filename: {
             "path": str(package),
             "parent": parent.name,
             "parent_source": parent.source,
