@@ -18,6 +18,7 @@ from .job import Artifact, Job, LoadedModel
 N_FRAMES = 3000  # 30 s of audio at whisper's 10 ms hop
 N_SAMPLES = 480000  # 30 s of 16 kHz audio
 WHISPERKIT = "whisperkit"  # --layout value: WhisperKit's model folder
+FP16_INPUTS_TARGET = "iOS16"  # Core ML takes fp16 inputs from iOS 16 / macOS 13: models with them need at least that
 MASKED = -1e4  # additive attention mask of a position not to attend to (WhisperKit's value; fp16-safe)
 
 
@@ -116,6 +117,7 @@ def cache_io_decoder(model: LoadedModel, filename: str | None = None) -> Artifac
             {"name": "decoder_key_padding_mask", **mask},
         ],
         outputs=outputs,
+        options={"min_target": FP16_INPUTS_TARGET},
     )
 
 
@@ -134,7 +136,7 @@ def mel_spectrogram(model: LoadedModel) -> Artifact:
         filename="MelSpectrogram.mlpackage",
         inputs=[{"name": "audio", "shape": [N_SAMPLES], "dtype": "float16"}],
         outputs=[{"name": "melspectrogram_features", "shape": [1, model.dims.n_mels, 1, N_FRAMES], "dtype": "float16"}],
-        options={"compute_precision": "float32"},
+        options={"compute_precision": "float32", "min_target": FP16_INPUTS_TARGET},
     )
 
 
@@ -146,6 +148,7 @@ def whisperkit_encoder(model: LoadedModel) -> Artifact:
         filename="AudioEncoder.mlpackage",
         inputs=[{"name": "melspectrogram_features", "shape": [1, dims.n_mels, 1, N_FRAMES], "dtype": "float16"}],
         outputs=[encoder_output_input(model)],
+        options={"min_target": FP16_INPUTS_TARGET},
     )
 
 
@@ -159,9 +162,17 @@ def channels_first_encoder(io: Artifact | dict) -> bool:
     return len(io_specs(io)[1][0]["shape"]) == 4
 
 
+LAYOUTS = ("whispercpp", WHISPERKIT)
+
+
 def check_layout_options(job: Job) -> None:
     """Refuse, before anything is loaded, options that belong to another layout than the job's."""
-    if job.options.get("layout") != WHISPERKIT:
+    layout = job.options.get("layout", "whispercpp")
+    if layout not in LAYOUTS:
+        raise InputError(f"unknown layout '{layout}': choose one of {', '.join(LAYOUTS)}")
+    if layout != WHISPERKIT:
+        if job.options.get("folder_suffix"):
+            raise InputError("--folder-suffix names WhisperKit's folder: add --layout whisperkit, or drop it")
         return
     for option, given in (("--decoder", job.options.get("decoder")), ("--audio-lengths", job.audio_lengths),
                           ("--ggml-type", job.options.get("ggml_type", "f16") != "f16")):

@@ -41,7 +41,7 @@ from rich.text import Text
 
 from .api import OPTION_NAMES, build_job
 from .errors import InputError, WconvError
-from .job import Job
+from .job import EXTRA_DEFAULTS, Job
 from .manifest import manifests_in, read_manifest
 from .outputs import STAGING_PREFIX, sha256_file
 from .pipeline import Result, StageReporter, run
@@ -223,7 +223,8 @@ def earlier_manifests(job: Job) -> list[dict]:
 def is_up_to_date(job: Job, manifest: dict) -> bool:
     """Whether ``manifest`` records what ``job`` would produce now, with every artifact in place
     (and verified, if the job verifies)."""
-    return (manifest["options"] == json.loads(json.dumps(job.describe_options(), default=str))
+    recorded = {**EXTRA_DEFAULTS, **manifest["options"]}  # manifests older than an option lack its default
+    return (recorded == json.loads(json.dumps({**EXTRA_DEFAULTS, **job.describe_options()}, default=str))
             and (bool(manifest["verify"]) or not job.verify)
             and all(check["passed"] for check in manifest["verify"])
             and all((Path(manifest["_path"]).parent / entry["file"]).exists() for entry in manifest["artifacts"])

@@ -128,15 +128,16 @@ def suppressed_tokens(tokenizer) -> list[int]:
 
 
 def transcribe_tokens(encoder_output: np.ndarray, decoder_path: Path, variant: str, dims, multilingual: bool,
-                      language: str = "en") -> list[int]:
+                      language: str = "en", method: str | None = None) -> list[int]:
     """Greedy text tokens (no timestamps, no end-of-text) for one encoder output.
 
     ``encoder_output`` is whisper.cpp's encoder output ``(1, n_audio_ctx, D)`` float32;
     ``decoder_path`` a saved ``stateful`` or ``cache-io`` decoder; ``dims`` the model's
-    ``whisper.model.ModelDimensions``; ``language`` is ignored by English-only models.
+    ``whisper.model.ModelDimensions``; ``language`` is ignored by English-only models; ``method``
+    how to run the decoder (see :func:`wconv.verify.platform_methods`; default: this machine's first).
     """
     tokenizer = get_tokenizer(dims, multilingual, language)
-    step = decoder_steps(variant, load_artifact(decoder_path), channels_first(encoder_output), dims)
+    step = decoder_steps(variant, load_artifact(decoder_path, method), channels_first(encoder_output), dims)
     return greedy_decode(
         step, tokenizer.sot_sequence_including_notimestamps, tokenizer.eot, max_tokens=dims.n_text_ctx // 2,
         n_text_ctx=dims.n_text_ctx, suppress_tokens=suppressed_tokens(tokenizer),

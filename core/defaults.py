@@ -130,7 +130,8 @@ def wconv_postprocess(mlmodel, model, artifact, job):
     from .manifest import package_version
 
     mlmodel.author = "wconv"
-    mlmodel.short_description = f"Whisper {model.name} {artifact.kind} (ANE-optimized, fp16), converted by wconv from {model.family}:{job.source}"
+    precision = "fp32 compute, fp16 IO" if artifact.options.get("compute_precision") == "float32" else "ANE-optimized, fp16"
+    mlmodel.short_description = f"Whisper {model.name} {artifact.kind} ({precision}), converted by wconv from {model.family}:{job.source}"
     mlmodel.version = package_version("wconv") or ""
     mlmodel.user_defined_metadata.update({
         "wconv.family": model.family,
@@ -159,6 +160,7 @@ def wconv_verify(path, model, artifact, job):
         features = model.reference_encoder(torch.from_numpy(mel))
     if artifact.kind.startswith("decoder-"):
         tokens, reference = reference_decoder_logits(model, features)
+    transcript = expected_transcript(model, job.verify_input) if artifact.kind.startswith("decoder-") and is_audio_file(job.verify_input) else None
     checks = []
     for method in platform_methods():
         if artifact.kind == "encoder":
@@ -168,8 +170,8 @@ def wconv_verify(path, model, artifact, job):
         else:
             metrics = compare(reference, artifact_decoder_logits(path, model, artifact, features, tokens, method))
             checks.append(psnr_check(artifact, metrics, method, job, f"logits of {len(tokens)} prompt and text tokens on {described}"))
-            if is_audio_file(job.verify_input):
-                checks.append(transcript_check(path, model, artifact, job, method))
+            if transcript is not None:
+                checks.append(transcript_check(path, model, artifact, job, method, transcript))
     return checks
 
 
@@ -201,31 +203,41 @@ def mel_spectrogram_check(path, artifact: Artifact, job: Job, method: str) -> Ch
 MAX_TOKEN_ERROR_RATE = 0.1  # the transcript check's gate
 
 
-def transcript_check(path, model, artifact: Artifact, job: Job, method: str) -> Check:
+def expected_transcript(model: LoadedModel, audio: Path) -> tuple[np.ndarray, list[int]]:
+    """The samples of ``audio`` and openai-whisper fp32's greedy English tokens for them (source weights, unpatched)."""
+    import torch
+
+    from .reference import whisper_model
+    from .transcribe import reference_tokens
+
+    samples = read_wav(audio)
+    with torch.no_grad():
+        features = model.reference_encoder(torch.from_numpy(host_log_mel(samples, model.dims.n_mels))).numpy()
+    return samples, reference_tokens(whisper_model(model.dims, model.state_dict), features, "en")
+
+
+def transcript_check(path, model: LoadedModel, artifact: Artifact, job: Job, method: str, transcript) -> Check:
     """The converted models transcribe ``--verify-input`` (greedy, English) as openai-whisper fp32 does.
 
-    A WhisperKit TextDecoder runs behind the MelSpectrogram and AudioEncoder beside it (the chain
-    WhisperKit runs); any other decoder behind the converted ``ggml-<name>-encoder``.
+    ``transcript`` is :func:`expected_transcript`'s. A WhisperKit TextDecoder runs behind the
+    MelSpectrogram and AudioEncoder beside it (the chain WhisperKit runs); any other decoder behind
+    the converted ``ggml-<name>-encoder`` beside it.
     """
     from .artifacts import encoder_filename
     from .decoding import get_tokenizer, transcribe_tokens
+    from .errors import InputError
     from .manifest import describe_io
-    from .reference import whisper_model
-    from .transcribe import encode_samples, reference_tokens
+    from .transcribe import encode_samples
 
-    folder = Path(path).parent
+    folder, samples, expected = Path(path).parent, *transcript
     whisperkit = Path(path).name == "TextDecoder.mlpackage"
     encoder_path = folder / ("AudioEncoder.mlpackage" if whisperkit else encoder_filename(model.name))
-    samples = read_wav(job.verify_input)
-    features, _ = encode_samples(samples, (encoder_path, describe_io(encoder_path)),
-                                 folder / "MelSpectrogram.mlpackage" if whisperkit else None, model.dims.n_mels, method)
-    variant = artifact.kind.removeprefix("decoder-")
-    tokens = transcribe_tokens(features, path, variant, model.dims, model.multilingual, "en")
-    import torch
-
-    with torch.no_grad():
-        expected_features = model.reference_encoder(torch.from_numpy(host_log_mel(samples, model.dims.n_mels))).numpy()
-    expected = reference_tokens(whisper_model(model.dims, model.state_dict), expected_features, "en")
+    mel_path = folder / "MelSpectrogram.mlpackage" if whisperkit else None
+    for needed in (encoder_path, mel_path):
+        if needed is not None and not needed.is_dir():
+            raise InputError(f"{needed} is missing: the transcript check of {Path(path).name} runs the models beside it")
+    features, _ = encode_samples(samples, (encoder_path, describe_io(encoder_path)), mel_path, model.dims.n_mels, method)
+    tokens = transcribe_tokens(features, path, artifact.kind.removeprefix("decoder-"), model.dims, model.multilingual, "en", method)
     rate = edit_distance(tokens, expected) / max(len(expected), 1)
     tokenizer = get_tokenizer(model.dims, model.multilingual)
     text, expected_text = tokenizer.decode(tokens).strip(), tokenizer.decode(expected).strip()

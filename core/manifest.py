@@ -77,9 +77,13 @@ def write_manifest(path: Path, manifest: dict) -> None:
 
 
 def manifests_in(folder: Path) -> list[Path]:
-    """The wconv manifests in ``folder`` and in its subfolders one level down (WhisperKit's model folders)."""
+    """The wconv manifests in ``folder`` and in its subfolders one level down (WhisperKit's model folders),
+    not in hidden ones (wconv's own staging folders among them)."""
     folder = Path(folder)
-    return sorted([*folder.glob("*.manifest.json"), *folder.glob("*/*.manifest.json")]) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    nested = [path for path in folder.glob("*/*.manifest.json") if not path.parent.name.startswith(".")]
+    return sorted([*folder.glob("*.manifest.json"), *nested])
 
 
 def read_manifest(path: Path) -> dict:

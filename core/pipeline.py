@@ -14,7 +14,7 @@ import pluggy
 from rich.console import Console
 
 from .artifacts import WHISPERKIT, check_layout_options, plan_artifacts
-from .errors import InputError, StageError, VerificationError, WconvError
+from .errors import ConversionError, InputError, StageError, VerificationError, WconvError
 from .job import Check, Job, LoadedModel
 from .manager import FamilyHooks, family_names, get_plugin_manager, resolve_family
 from .manifest import build_manifest, describe_io, manifest_filename, write_manifest
@@ -140,14 +140,19 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
         if wants_ggml(job):
             ggml_path = reporter.run(f"write {names[-1]}", write_ggml_model, model=model, job=job, folder=work)
             described.append({"file": ggml_path.name, "kind": "ggml", "ggml_type": job.options.get("ggml_type", "f16")})
-            if sys.platform == "darwin":
-                names += [p.name for p in reporter.run("compile for whisper.cpp", compile_for_whispercpp, package=work / plan[0].filename)]
         if folder:
             files = reporter.run("write config and tokenizer files", whisperkit.write_folder_files, model=model, folder=work)
             described.extend({"file": name, "kind": "config", "origin": origin} for name, origin in files.items())
             names += list(files)
-            if sys.platform == "darwin":
-                names += [p.name for p in reporter.run("compile for WhisperKit", whisperkit.compile_models, folder=work)]
+        compile_error = None
+        if sys.platform == "darwin" and (folder or wants_ggml(job)):
+            try:
+                if folder:
+                    names += [p.name for p in reporter.run("compile for WhisperKit", whisperkit.compile_models, folder=work)]
+                else:
+                    names += [p.name for p in reporter.run("compile for whisper.cpp", compile_for_whispercpp, package=work / plan[0].filename)]
+            except ConversionError as e:
+                compile_error = str(e)  # the packages stay: WhisperKit loads them as they are, and they compile later
         manifest = build_manifest(model, job, described, checks)
         write_manifest(work / manifest_name, manifest)
         paths = publish(staging, job.output, published)
@@ -155,15 +160,15 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
     if folder:
         result = Result(model=model, paths=[paths[0] / name for name in names], manifest_path=paths[0] / manifest_name,
                         manifest=manifest, checks=checks)
-        if sys.platform != "darwin":
-            result.notes.append(whisperkit.mac_hint(paths[0]))
     else:
         result = Result(model=model, paths=paths[:-1], manifest_path=paths[-1], manifest=manifest, checks=checks)
-        if wants_ggml(job) and sys.platform != "darwin":
-            result.notes.append(mac_hint(paths[0]))
+    if (folder or wants_ggml(job)) and (sys.platform != "darwin" or compile_error):
+        hint = whisperkit.mac_hint(paths[0]) if folder else mac_hint(paths[0])
+        result.notes.append(f"{compile_error}; {hint}" if compile_error else hint)
     failed = [check for check in checks if not check.passed]
     if failed:
-        raise VerificationError(f"verification failed for {failed[0].artifact}: {failed[0].message} (artifacts kept in {job.output})")
+        kept = paths[0] if folder else job.output
+        raise VerificationError(f"verification failed for {failed[0].artifact}: {failed[0].message} (artifacts kept in {kept})")
     return result
 
 

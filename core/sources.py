@@ -59,6 +59,8 @@ def verify_saved(path: Path, against: str | None, family: str | None, verify_inp
     family = family or (manifest["family"] if manifest else None)
     model = load_source(against or manifest["source"], family, pm,
                         expected_sha256=None if against else manifest["checkpoint_sha256"])
+    if manifest is not None:
+        model.name = manifest["name"]  # as converted (--name), which names the artifacts beside this one
     io = entry or {"kind": "encoder", **describe_io(path)}
     artifact = Artifact(kind=io["kind"], filename=path.name, inputs=io["inputs"], outputs=io["outputs"])
     job = Job(source=model.source, family=model.family, output=path.parent, verify_input=verify_input, min_psnr=min_psnr)

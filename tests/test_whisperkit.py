@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from coremltools.converters.mil.mil import types
 from whisper.model import ModelDimensions
 
+from wconv.api import convert as wconv_convert
 from wconv.cli import cli
 from wconv.decoding import get_tokenizer, transcribe_tokens
 from wconv.errors import InputError
@@ -152,12 +153,16 @@ def test_mel_spectrogram_in_the_evaluator_matches_openai_whisper_on_speech(base_
 
 def test_chained_models_give_openai_whisper_fp32_tokens_on_every_clip(base_folder, openai_base_model, speech_clips, ct2_base):
     """MelSpectrogram -> AudioEncoder -> TextDecoder in the evaluator, the decoder driven as WhisperKit drives it
-    (host caches, one-hot update mask, padding mask), greedy: the tokens of openai-whisper fp32."""
+    (host caches, one-hot update mask, padding mask), greedy: the tokens of openai-whisper fp32.
+
+    The last clip goes through `wconv transcribe`'s code on the folder, which runs the same chain from the manifest.
+    """
     folder = base_folder[1]
     mel_model = MLProgramEvaluator.load(folder / "MelSpectrogram.mlpackage")
     encoder = MLProgramEvaluator.load(folder / "AudioEncoder.mlpackage")
     options = whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False)
-    for clip in speech_clips:
+    *by_hand, last = speech_clips
+    for clip in by_hand:
         audio = whisper.pad_or_trim(read_wav(clip))
         mel = mel_model.predict({"audio": audio})["melspectrogram_features"]
         embeds = encoder.predict({"melspectrogram_features": mel})["encoder_output_embeds"]
@@ -165,14 +170,9 @@ def test_chained_models_give_openai_whisper_fp32_tokens_on_every_clip(base_folde
                                    ct2_base.dims, multilingual=True)
         expected = whisper.decode(openai_base_model, whisper.log_mel_spectrogram(audio), options)
         assert tokens and tokens == list(expected.tokens), clip.name
-
-
-def test_wconv_transcribe_runs_the_whisperkit_folder(base_folder, openai_base_model, speech_clips):
-    clip = speech_clips[1]
-    result = transcribe(base_folder[1], clip, language="en")
-    expected = whisper.decode(openai_base_model, whisper.log_mel_spectrogram(whisper.pad_or_trim(read_wav(clip))),
-                              whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False))
-    assert result["tokens"] == list(expected.tokens) and result["text"] == expected.text
+    result = transcribe(folder, last, language="en")
+    expected = whisper.decode(openai_base_model, whisper.log_mel_spectrogram(whisper.pad_or_trim(read_wav(last))), options)
+    assert result["tokens"] == list(expected.tokens) and result["text"] == expected.text, last.name
     assert result["decoder"].startswith("cache-io")
 
 
@@ -287,3 +287,42 @@ def test_mac_compile_step_compiles_each_model_beside_it(tmp_path, monkeypatch):
     assert all(path.is_dir() and path.parent == folder for path in compiled)
     calls = (bin_dir / "calls").read_text().splitlines()
     assert calls[0] == f"coremlcompiler compile {folder}/MelSpectrogram.mlpackage {folder}" and len(calls) == 3
+
+
+def test_a_failed_mac_compile_keeps_the_packages_and_says_how_to_retry(tmp_path, monkeypatch):
+    """macOS with an xcrun that fails (Command Line Tools only): the converted packages are published anyway."""
+    import sys
+
+    import wconv
+    from wconv import pipeline
+    from wconv.samples import write_random_checkpoint
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "xcrun").write_text("#!/bin/sh\necho 'xcrun: error: unable to find utility \"coremlcompiler\"' >&2\nexit 72\n")
+    (bin_dir / "xcrun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(sys, "platform", "darwin")
+    checkpoint = write_random_checkpoint(tmp_path / "tiny.pt", "tiny", seed=2)
+    result = pipeline.run(wconv.Job(source=str(checkpoint), output=tmp_path / "models", verify=False))
+    assert (tmp_path / "models" / "ggml-tiny-encoder.mlpackage").is_dir() and (tmp_path / "models" / "ggml-tiny.bin").is_file()
+    assert not (tmp_path / "models" / "ggml-tiny-encoder.mlmodelc").exists()
+    (note,) = result.notes
+    assert "coremlcompiler failed" in note and "unable to find utility" in note and "xcrun coremlcompiler compile" in note
+
+
+def test_layout_options_are_checked_before_loading(tmp_path):
+    result = invoke("run", tmp_path / "missing.pt", "--folder-suffix", "v1", "--output", tmp_path / "out")
+    assert result.exit_code == 2 and "--folder-suffix" in result.output and "missing.pt" not in result.output
+    with pytest.raises(InputError, match="unknown layout 'whisper-kit'"):
+        wconv_convert(tmp_path / "missing.pt", layout="whisper-kit")
+
+
+def test_manifests_are_found_in_model_folders_but_not_in_hidden_ones(tmp_path):
+    from wconv.manifest import manifests_in
+
+    for name in ("top.manifest.json", "openai_whisper-base/base.manifest.json", ".wconv-staging-x/base.manifest.json"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    assert [p.relative_to(tmp_path).as_posix() for p in manifests_in(tmp_path)] == [
+        "openai_whisper-base/base.manifest.json", "top.manifest.json"]

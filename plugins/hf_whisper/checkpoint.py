@@ -31,7 +31,7 @@ WEIGHT_FILES = (
     ("model.safetensors.index.json", "model.safetensors"),
     ("pytorch_model.bin.index.json", "pytorch_model.bin"),
 )
-HUB_METADATA = ["config.json", "generation_config.json", "tokenizer.json"]
+HUB_METADATA = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
 HUB_WEIGHTS = (  # tried in order until one brings weights
     ["model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors"],
     ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"],
