@@ -18,6 +18,7 @@ from .job import Artifact, Job, LoadedModel
 N_FRAMES = 3000  # 30 s of audio at whisper's 10 ms hop
 N_SAMPLES = 480000  # 30 s of 16 kHz audio
 WHISPERKIT = "whisperkit"  # --layout value: WhisperKit's model folder
+MEL_SPECTROGRAM, AUDIO_ENCODER, TEXT_DECODER = "MelSpectrogram", "AudioEncoder", "TextDecoder"  # WhisperKit's model names
 FP16_INPUTS_TARGET = "iOS16"  # Core ML takes fp16 inputs from iOS 16 / macOS 13: models with them need at least that
 MASKED = -1e4  # additive attention mask of a position not to attend to (WhisperKit's value; fp16-safe)
 
@@ -133,7 +134,7 @@ def mel_spectrogram(model: LoadedModel) -> Artifact:
     """
     return Artifact(
         kind="melspectrogram",
-        filename="MelSpectrogram.mlpackage",
+        filename=f"{MEL_SPECTROGRAM}.mlpackage",
         inputs=[{"name": "audio", "shape": [N_SAMPLES], "dtype": "float16"}],
         outputs=[{"name": "melspectrogram_features", "shape": [1, model.dims.n_mels, 1, N_FRAMES], "dtype": "float16"}],
         options={"compute_precision": "float32", "min_target": FP16_INPUTS_TARGET},
@@ -145,7 +146,7 @@ def whisperkit_encoder(model: LoadedModel) -> Artifact:
     dims = model.dims
     return Artifact(
         kind="encoder",
-        filename="AudioEncoder.mlpackage",
+        filename=f"{AUDIO_ENCODER}.mlpackage",
         inputs=[{"name": "melspectrogram_features", "shape": [1, dims.n_mels, 1, N_FRAMES], "dtype": "float16"}],
         outputs=[encoder_output_input(model)],
         options={"min_target": FP16_INPUTS_TARGET},
@@ -183,7 +184,7 @@ def check_layout_options(job: Job) -> None:
 
 def whisperkit_plan(model: LoadedModel) -> list[Artifact]:
     """The three models of WhisperKit's folder."""
-    return [mel_spectrogram(model), whisperkit_encoder(model), cache_io_decoder(model, "TextDecoder.mlpackage")]
+    return [mel_spectrogram(model), whisperkit_encoder(model), cache_io_decoder(model, f"{TEXT_DECODER}.mlpackage")]
 
 
 def plan_artifacts(model: LoadedModel, job: Job) -> list[Artifact]:

@@ -223,16 +223,16 @@ def transcript_check(path, model: LoadedModel, artifact: Artifact, job: Job, met
     MelSpectrogram and AudioEncoder beside it (the chain WhisperKit runs); any other decoder behind
     the converted ``ggml-<name>-encoder`` beside it.
     """
-    from .artifacts import encoder_filename
+    from .artifacts import AUDIO_ENCODER, MEL_SPECTROGRAM, TEXT_DECODER, encoder_filename
     from .decoding import get_tokenizer, transcribe_tokens
     from .errors import InputError
     from .manifest import describe_io
     from .transcribe import encode_samples
 
     folder, samples, expected = Path(path).parent, *transcript
-    whisperkit = Path(path).name == "TextDecoder.mlpackage"
-    encoder_path = folder / ("AudioEncoder.mlpackage" if whisperkit else encoder_filename(model.name))
-    mel_path = folder / "MelSpectrogram.mlpackage" if whisperkit else None
+    whisperkit = Path(path).name == f"{TEXT_DECODER}.mlpackage"
+    encoder_path = folder / (f"{AUDIO_ENCODER}.mlpackage" if whisperkit else encoder_filename(model.name))
+    mel_path = folder / f"{MEL_SPECTROGRAM}.mlpackage" if whisperkit else None
     for needed in (encoder_path, mel_path):
         if needed is not None and not needed.is_dir():
             raise InputError(f"{needed} is missing: the transcript check of {Path(path).name} runs the models beside it")
@@ -242,7 +242,7 @@ def transcript_check(path, model: LoadedModel, artifact: Artifact, job: Job, met
     tokenizer = get_tokenizer(model.dims, model.multilingual)
     text, expected_text = tokenizer.decode(tokens).strip(), tokenizer.decode(expected).strip()
     passed = rate <= MAX_TOKEN_ERROR_RATE
-    chain = "MelSpectrogram -> AudioEncoder -> TextDecoder" if whisperkit else f"host log-mel -> {encoder_path.name} -> {Path(path).name}"
+    chain = f"{MEL_SPECTROGRAM} -> {AUDIO_ENCODER} -> {TEXT_DECODER}" if whisperkit else f"host log-mel -> {encoder_path.name} -> {Path(path).name}"
     message = (f"transcript {text!r} vs openai-whisper fp32 {expected_text!r}: token error rate {rate:.2f} "
                f"(gate {MAX_TOKEN_ERROR_RATE:g}, {'pass' if passed else 'fail'}); {chain} on {Path(job.verify_input).name}")
     return Check(artifact=artifact.filename, passed=passed, method=method, message=message,

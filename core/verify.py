@@ -86,7 +86,7 @@ def reference_input(n_mels: int, frames: int, given: Path | None) -> tuple[np.nd
 
 def reference_audio(given: Path | None) -> tuple[np.ndarray, str]:
     """16 kHz samples to verify a MelSpectrogram model with: ``given`` if it is audio, else the bundled clip."""
-    if given is not None and Path(given).suffix != ".npy":
+    if is_audio_file(given):
         given = Path(given)
         if not given.is_file():
             raise InputError(f"verify input {given} does not exist: give a .wav or .npy file")

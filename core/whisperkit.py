@@ -21,11 +21,12 @@ import shlex
 import shutil
 from pathlib import Path
 
+from .artifacts import AUDIO_ENCODER, MEL_SPECTROGRAM, TEXT_DECODER
 from .errors import InputError
 from .job import Job, LoadedModel
 from .outputs import compile_package
 
-MODEL_NAMES = ("MelSpectrogram", "AudioEncoder", "TextDecoder")
+MODEL_NAMES = (MEL_SPECTROGRAM, AUDIO_ENCODER, TEXT_DECODER)
 # tokenizer_config.json for a bare tokenizer.json: swift-transformers picks its tokenizer by tokenizer_class
 TOKENIZER_CONFIG = {
     "tokenizer_class": "WhisperTokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
