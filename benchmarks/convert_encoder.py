@@ -40,7 +40,7 @@ def encoder_state_dict(size: str):
     import torch
     import whisper.model
 
-    from wconv.samples import real_dims
+    from wconv.tools.random_checkpoints import real_dims
 
     dims = real_dims(size)
     torch.manual_seed(0)
@@ -71,7 +71,7 @@ def run_method(method: str, size: str, workdir: str) -> list[tuple[str, float, f
     mel = torch.randn(1, dims.n_mels, 3000)
     with torch.no_grad():
         if method == "wconv":
-            from wconv import ane
+            from wconv.conversion import ane
 
             module = ane.build_encoder(dims, state)
             del state

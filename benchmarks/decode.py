@@ -4,13 +4,13 @@
 
 Random weights with the real dimensions. Each decoder is converted once with core's default hooks,
 then ``--steps`` tokens (after one warm-up step) run through the evaluator with the host steps of
-:mod:`wconv.decoding`. Bytes per token are everything that crosses the model boundary per
+:mod:`wconv.runtime.decoding`. Bytes per token are everything that crosses the model boundary per
 prediction, read from the artifacts' IO contracts: cache-io copies both caches in
 (``2 * D * L * 448`` fp16) and the new slices out, stateful only token, position and logits; both
 also take the encoder output every step. The evaluator runs on the CPU in numpy: its times rank the
 variants' arithmetic, not their speed on the Neural Engine.
 
-The second table measures the cross-attention choice (see :mod:`wconv.decoder`): the share of a
+The second table measures the cross-attention choice (see :mod:`wconv.conversion.steps`): the share of a
 step spent projecting the encoder output to cross keys and values, timed as the program a
 once-per-audio "cross-kv" model would be, against the bytes that model's output would add to every
 step if fed back as inputs.
@@ -29,13 +29,14 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from wconv import defaults
-from wconv.artifacts import encoder_output_input, plan_artifacts
-from wconv.decoder import build_decoder
-from wconv.decoding import decoder_steps
-from wconv.evaluator import MLProgramEvaluator
-from wconv.job import Artifact, Job, LoadedModel
-from wconv.samples import random_state_dict, real_dims
+from wconv.conversion import defaults
+from wconv.layouts.contracts import encoder_output_input
+from wconv.layouts.coreml import CoreMLLayout
+from wconv.conversion.steps import build_decoder
+from wconv.runtime.decoding import decoder_steps
+from wconv.runtime.evaluator import MLProgramEvaluator
+from wconv.job import Artifact, ArtifactKind, Job, LoadedModel
+from wconv.tools.random_checkpoints import random_state_dict, real_dims
 
 ITEM_BYTES = {"float16": 2, "float32": 4, "int32": 4}
 
@@ -83,8 +84,8 @@ def interleaved_medians(calls: dict, rounds: int) -> dict[str, float]:
 
 def convert_decoder(model: LoadedModel, variant: str, directory: Path) -> tuple[Artifact, Path, str]:
     """One decoder converted with core's default hooks: its artifact, saved path and minimum target."""
-    job = Job(source=model.source, options={"decoder": variant})
-    artifact = plan_artifacts(model, job)[-1]
+    job = Job(source=model.source, decoder=variant)
+    artifact = CoreMLLayout().plan(model, job)[-1]
     path = save_converted(defaults.wconv_trace(model=model, artifact=artifact), artifact, job, directory)
     return artifact, path, artifact.options.get("min_target", job.min_target)
 
@@ -120,7 +121,7 @@ def main():
             cross, cross_path = convert_cross_projection(model, Path(workdir))
         calls = {}
         for variant, (_, path, _) in decoders.items():
-            step = decoder_steps(variant, MLProgramEvaluator.load(path), encoder_output, dims)
+            step = decoder_steps(ArtifactKind.decoder(variant), MLProgramEvaluator.load(path), encoder_output, dims)
             calls[variant] = lambda position, step=step: step(50258 + position, position)
         projector = MLProgramEvaluator.load(cross_path)
         calls["projection"] = lambda _: projector.predict({"encoder_output_embeds": encoder_output})

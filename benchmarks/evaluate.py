@@ -43,7 +43,7 @@ def child(runner: str, folder: str, size: str) -> dict:
     baseline = peak_rss_gib()
     started = time.perf_counter()
     if runner == "evaluator":
-        from wconv.evaluator import MLProgramEvaluator
+        from wconv.runtime.evaluator import MLProgramEvaluator
 
         model = MLProgramEvaluator.load(Path(folder) / f"ggml-{size}-encoder.mlpackage")
         loaded = time.perf_counter()
@@ -52,7 +52,7 @@ def child(runner: str, folder: str, size: str) -> dict:
         import torch
 
         from wconv.plugins.openai_whisper.checkpoint import load_checkpoint
-        from wconv.reference import LazyEncoder
+        from wconv.runtime.reference import LazyEncoder
 
         dims, state, _ = load_checkpoint(Path(folder) / f"{size}.pt")
         encoder = LazyEncoder(dims, state)
@@ -69,7 +69,7 @@ def measure(runner: str, folder: str, size: str) -> dict:
 def convert(folder: Path, size: str) -> float:
     """Write a random checkpoint and its converted encoder; returns the fp16 weight size in GiB."""
     import wconv
-    from wconv.samples import write_random_checkpoint
+    from wconv.tools.random_checkpoints import write_random_checkpoint
 
     checkpoint = write_random_checkpoint(folder / f"{size}.pt", size)
     wconv.convert(str(checkpoint), family="openai", output=folder, target="coreml", verify=False)

@@ -7,13 +7,13 @@ import dataclasses
 import os
 from pathlib import Path
 
+from .console import StageReporter
 from .errors import InputError
-from .job import EXTRA_DEFAULTS, EXTRA_OPTIONS, Job
-from .pipeline import Result, StageReporter, run
+from .job import JOB_DEFAULTS, Job
+from .pipeline import Result, run
 
 # Job fields a caller may set by keyword (source, family and output are convert()'s own arguments).
-JOB_OPTIONS = tuple(f.name for f in dataclasses.fields(Job) if f.name not in ("source", "family", "output", "options"))
-OPTION_NAMES = JOB_OPTIONS + EXTRA_OPTIONS
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(Job) if f.name not in ("source", "family", "output"))
 
 
 def build_job(model: str | os.PathLike, family: str | None = None, output: str | os.PathLike = "models", **options) -> Job:
@@ -21,8 +21,7 @@ def build_job(model: str | os.PathLike, family: str | None = None, output: str |
     unknown = [name for name in options if name not in OPTION_NAMES]
     if unknown:
         raise InputError(f"unknown option '{unknown[0]}': use one of {', '.join(OPTION_NAMES)}")
-    given = {name: value for name, value in options.items() if value is not None}
-    fields = {name: value for name, value in given.items() if name in JOB_OPTIONS}
+    fields = {name: value for name, value in options.items() if value is not None}
     if "audio_lengths" in fields:
         try:
             fields["audio_lengths"] = tuple(int(frames) for frames in fields["audio_lengths"])
@@ -30,16 +29,37 @@ def build_job(model: str | os.PathLike, family: str | None = None, output: str |
             raise InputError(f"option audio_lengths takes a list of mel frame counts, not {fields['audio_lengths']!r}") from None
     if "verify_input" in fields:
         fields["verify_input"] = Path(fields["verify_input"])
-    extra = {**EXTRA_DEFAULTS, **{name: value for name, value in given.items() if name in EXTRA_OPTIONS}}
-    return Job(source=os.fspath(model), family=family, output=Path(output), options=extra, **fields)
+    if "compress" in fields:
+        fields["min_target"] = compression_target(fields["compress"], fields.get("min_target"))
+    return Job(source=os.fspath(model), family=family, output=Path(output), **fields)
+
+
+def compression_target(compress: str, pinned: str | None) -> str:
+    """The minimum target for ``--compress``: the spec's when none was pinned; a pinned older one is refused."""
+    import coremltools as ct
+
+    from .compress.specs import parse_spec
+
+    needed = parse_spec(compress).min_target
+    target = pinned or JOB_DEFAULTS["min_target"]
+    if getattr(ct.target, needed) <= getattr(ct.target, target):
+        return target
+    if pinned:
+        raise InputError(f"--compress {compress} needs --min-target {needed} or later, not {pinned}: raise it, or choose "
+                         "int8, palette8/6/4/2 or mixed (iOS16)")
+    return needed
 
 
 def convert(model: str | os.PathLike, family: str | None = None, output: str | os.PathLike = "models", *,
             pm=None, reporter: StageReporter | None = None, **options) -> Result:
     """Convert ``model`` (a name, path or hub id) into Core ML artifacts in ``output``.
 
-    ``options`` are :class:`Job` fields (name, force, min_target, audio_lengths, verify, min_psnr,
-    verify_input) or ``EXTRA_OPTIONS`` (decoder, target, ggml_type…), named as `wconv run` flags
-    with underscores. ``pm`` replaces the plugin manager, ``reporter`` the stage display on stderr.
+    ``options`` are :class:`Job` fields (name, force, min_target, layout, audio_lengths, decoder,
+    ggml_type, verify, min_psnr, verify_input…), named as `wconv run` flags with underscores.
+    ``pm`` replaces the plugin manager, ``reporter`` the stage display on stderr.
     """
-    return run(build_job(model, family, output, **options), pm, reporter)
+    job = build_job(model, family, output, **options)
+    result = run(job, pm, reporter)
+    if job.min_target != (options.get("min_target") or JOB_DEFAULTS["min_target"]):
+        result.notes.append(f"--compress {job.compress} needs {job.min_target}: the minimum target was raised to it")
+    return result

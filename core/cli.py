@@ -13,9 +13,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .console import quiet_libraries
 from .errors import InputError, WconvError
-from .ggml import WRITABLE_TYPES
-from .job import DEFAULT_MIN_PSNR, DEFAULT_MIN_TARGET
+from .job import JOB_DEFAULTS
+from .layouts.ggml import WRITABLE_TYPES
 
 MIN_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 
@@ -61,38 +62,38 @@ def parse_audio_lengths(ctx, param, value):
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("models"), show_default=True, help="Output directory.")
 @click.option("--name", help="Artifact base name (ggml-<name>-encoder…); derived from MODEL by default.")
 @click.option("--force", is_flag=True, help="Overwrite existing artifacts.")
-@click.option("--min-target", type=click.Choice(MIN_TARGETS), default=DEFAULT_MIN_TARGET, show_default=True, help="Minimum deployment target.")
+@click.option("--min-target", type=click.Choice(MIN_TARGETS), help=f"Minimum deployment target [default: {JOB_DEFAULTS['min_target']}, "
+              "or what --compress needs].")
 @click.option("--audio-lengths", callback=parse_audio_lengths, help="Also write an encoder with enumerated mel frame counts, e.g. 1500,3000.")
 @click.option("--no-verify", is_flag=True, help="Skip verification of the saved artifacts.")
-@click.option("--min-psnr", type=float, default=DEFAULT_MIN_PSNR, show_default=True, help="Verification gate in dB.")
+@click.option("--min-psnr", type=float, default=JOB_DEFAULTS["min_psnr"], show_default=True, help="Verification gate in dB.")
 @click.option("--verify-input", type=click.Path(path_type=Path), help="wav or .npy log-mel to verify with (default: bundled speech).")
-@click.option("--target", type=click.Choice(["whispercpp", "coreml"]), default="whispercpp", show_default=True,
-              help="whispercpp: Core ML encoder + ggml decoder file; coreml: Core ML artifacts only.")
-@click.option("--layout", type=click.Choice(["whispercpp", "whisperkit"]), default="whispercpp", show_default=True,
-              help="whispercpp: files named for whisper.cpp in the output; whisperkit: WhisperKit's model folder "
-                   "(MelSpectrogram, AudioEncoder, TextDecoder, config files).")
+@click.option("--layout", default=JOB_DEFAULTS["layout"], show_default=True,
+              help="What to write (see `wconv layouts`): whispercpp (Core ML encoder + ggml file), coreml (Core ML only), "
+                   "whisperkit (WhisperKit's model folder), or a plugin's layout.")
 @click.option("--folder-suffix", help="whisperkit: appended to the folder name as _SUFFIX.")
-@click.option("--ggml-type", type=click.Choice(WRITABLE_TYPES), default="f16", show_default=True, help="Weight type of the ggml file.")
+@click.option("--ggml-type", type=click.Choice(WRITABLE_TYPES), default=JOB_DEFAULTS["ggml_type"], show_default=True, help="Weight type of the ggml file.")
+@click.option("--compress", help="Compress the Core ML weights: int8, int4, palette8|6|4|3|2[gN], mixed:BITS or a recipe .json.")
 @click.option("--decoder", type=click.Choice(["stateful", "cache-io"]),
               help="Also convert a Core ML text decoder: stateful (MLState, iOS18+) or cache-io (WhisperKit's contract, iOS16+).")
 @click.option("--parent", help="distil: the model it was distilled from (name, .pt or directory).")
 @click.option("--convert-own-encoder", is_flag=True, help="distil: convert the distil encoder instead of reusing the parent's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
-def run(model, sample, family, output, name, force, min_target, audio_lengths, no_verify, min_psnr, verify_input, target, layout,
-        folder_suffix, ggml_type, decoder, parent, convert_own_encoder, as_json):
+def run(model, sample, family, output, name, force, min_target, audio_lengths, no_verify, min_psnr, verify_input, layout,
+        folder_suffix, ggml_type, compress, decoder, parent, convert_own_encoder, as_json):
     """Convert MODEL (a name, path or hub id) into Core ML artifacts."""
     from .api import convert
 
     if sample == bool(model):
         raise click.UsageError("give either MODEL or --sample")
     if sample:
-        from .sample import sample_model_dir
+        from .tools.sample_weights import sample_model_dir
 
         model, family = str(sample_model_dir()), "ct2"
 
     result = convert(model, family, output, name=name, force=force, min_target=min_target, audio_lengths=audio_lengths,
-                     verify=not no_verify, min_psnr=min_psnr, verify_input=verify_input, target=target, layout=layout,
-                     folder_suffix=folder_suffix, ggml_type=ggml_type, decoder=decoder, parent=parent, convert_own_encoder=convert_own_encoder or None)
+                     verify=not no_verify, min_psnr=min_psnr, verify_input=verify_input, layout=layout,
+                     folder_suffix=folder_suffix, ggml_type=ggml_type, compress=compress, decoder=decoder, parent=parent, convert_own_encoder=convert_own_encoder or None)
     report(result, as_json)
 
 
@@ -107,9 +108,21 @@ def report(result, as_json: bool) -> None:
     for check in result.checks:
         colour = "green" if check.passed else "red"
         console.print(f"[{colour}]verify {check.artifact}[/{colour}]: {check.message} [dim]({check.method})[/dim]")
+    for entry in result.manifest["artifacts"]:
+        if record := entry.get("compression"):
+            console.print(describe_compression(entry["file"], record))
     console.print(f"manifest {result.manifest_path}")
     for note in result.notes:
         console.print(note)
+
+
+def describe_compression(file: str, record: dict) -> str:
+    """One line: how a package was compressed, its size and its PSNR next to the uncompressed model's."""
+    psnr = [f"PSNR {row['psnr']:.1f} dB (uncompressed {row['uncompressed_psnr']:.1f} dB)" for row in record["checks"] if "psnr" in row]
+    recipe = f", recipe {record['recipe_file']}" if "recipe_file" in record else ""
+    return (f"compressed {file}: {record.get('spec')}, {record['uncompressed_weight_bytes'] / 1e6:.1f} MB -> "
+            f"{record['weight_bytes'] / 1e6:.1f} MB ({record['bits_per_weight']:.2f} bits/weight){recipe}"
+            + (f"; {psnr[0]}" if psnr else ""))
 
 
 @cli.command()
@@ -117,11 +130,11 @@ def report(result, as_json: bool) -> None:
 @click.option("--against", help="Checkpoint, model name or dir to compare with (default: the source in the manifest).")
 @click.option("--family", help="Family of --against (default: the manifest's).")
 @click.option("--input", "verify_input", type=click.Path(path_type=Path), help="wav or .npy log-mel input (default: bundled speech).")
-@click.option("--min-psnr", type=float, default=DEFAULT_MIN_PSNR, show_default=True, help="Pass/fail gate in dB.")
+@click.option("--min-psnr", type=float, default=JOB_DEFAULTS["min_psnr"], show_default=True, help="Pass/fail gate in dB.")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON (first check's metrics at top level).")
 def verify(artifact, against, family, verify_input, min_psnr, as_json):
     """Run a saved ARTIFACT (.mlpackage) and compare it with its source model in fp32."""
-    from .sources import verify_saved
+    from .verify.saved import verify_saved
 
     checks = verify_saved(artifact, against, family, verify_input, min_psnr)
     if not checks:
@@ -138,34 +151,61 @@ def verify(artifact, against, family, verify_input, min_psnr, as_json):
 
 
 @cli.command()
+@click.argument("packages", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--compress", "spec", required=True, help="int8, int4, palette8|6|4|3|2[gN], mixed:BITS or a recipe .json.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Output folder [default: <folder>-<spec> beside the packages' folder].")
+@click.option("--against", help="Checkpoint to verify with (default: the source in the manifest).")
+@click.option("--family", help="Family of --against (default: the manifest's).")
+@click.option("--verify-input", type=click.Path(path_type=Path), help="wav or .npy log-mel to verify with (default: bundled speech).")
+@click.option("--min-psnr", type=float, default=JOB_DEFAULTS["min_psnr"], show_default=True, help="Verification gate in dB.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the new manifest as JSON on stdout.")
+def compress(packages, spec, output, against, family, verify_input, min_psnr, force, as_json):
+    """Compress converted PACKAGES (of one folder) into a new folder, re-verified against their source."""
+    from .tools.compress_saved import compress_saved
+
+    report(compress_saved(list(packages), spec, output, against, family, verify_input, min_psnr, force), as_json)
+
+
+@cli.command()
 @click.argument("target", type=click.Path(path_type=Path))
 @click.argument("audio", type=click.Path(path_type=Path))
 @click.option("--language", help="Spoken language code (default: detect; English for .en models).")
 @click.option("--json", "as_json", is_flag=True, help="Print {text, tokens} as JSON.")
 def transcribe(target, audio, language, as_json):
     """Transcribe AUDIO (.wav) with the converted model in TARGET (output dir or manifest)."""
-    from .transcribe import transcribe as run_transcription
+    from .tools.transcribe import transcribe as run_transcription
 
     result = run_transcription(target, audio, language)
     click.echo(json.dumps(result) if as_json else result["text"])
 
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="JSON output.")
-@click.option("--all", "show_all", is_flag=True, help="Include core's default plugin.")
-def plugins(as_json, show_all):
-    """List installed plugins, their versions and the hooks they implement."""
-    from .manager import get_plugin_manager
-    from .plugins_info import describe_plugins
-
-    rows = describe_plugins(get_plugin_manager(), include_core=show_all)
+def show_rows(rows: list[dict], as_json: bool, columns: dict) -> None:
+    """Rows as JSON, or a table whose ``columns`` map a header to how a row shows in it."""
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table("name", "version", "family", "hooks", "module")
+    table = Table(*columns)
     for row in rows:
-        table.add_row(row["name"], row["version"] or "", "yes" if row["family"] else "", ", ".join(row["hooks"]), row["module"])
+        table.add_row(*(show(row) for show in columns.values()))
     Console().print(table)
+
+
+def joined(key: str):
+    return lambda row: ", ".join(row[key])
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.option("--all", "show_all", is_flag=True, help="Include core's default plugins.")
+def plugins(as_json, show_all):
+    """List installed plugins, their versions and the hooks they implement."""
+    from .manager import get_plugin_manager
+    from .tools.plugins_info import describe_plugins
+
+    show_rows(describe_plugins(get_plugin_manager(), include_core=show_all), as_json, {
+        "name": lambda row: row["name"], "version": lambda row: row["version"] or "",
+        "family": lambda row: "yes" if row["family"] else "", "hooks": joined("hooks"), "module": lambda row: row["module"]})
 
 
 @cli.command()
@@ -173,16 +213,22 @@ def plugins(as_json, show_all):
 def families(as_json):
     """List model families, their aliases and the model names each knows."""
     from .manager import get_plugin_manager
-    from .plugins_info import describe_families
+    from .tools.plugins_info import describe_families
 
-    rows = describe_families(get_plugin_manager())
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    table = Table("family", "aliases", "description", "known models")
-    for row in rows:
-        table.add_row(row["name"], ", ".join(row["aliases"]), row["description"], ", ".join(row["known_models"]))
-    Console().print(table)
+    show_rows(describe_families(get_plugin_manager()), as_json, {
+        "family": lambda row: row["name"], "aliases": joined("aliases"), "description": lambda row: row["description"],
+        "known models": joined("known_models")})
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def layouts(as_json):
+    """List output layouts (`wconv run --layout NAME`) and the plugins that register them."""
+    from .manager import get_plugin_manager
+    from .tools.plugins_info import describe_layouts
+
+    show_rows(describe_layouts(get_plugin_manager()), as_json, {
+        "layout": lambda row: row["name"], "description": lambda row: row["description"], "module": lambda row: row["module"]})
 
 
 @cli.command("sample-checkpoint")
@@ -192,7 +238,7 @@ def families(as_json):
 @click.option("--force", is_flag=True, help="Overwrite PATH.")
 def sample_checkpoint(path, size, seed, force):
     """Write a random-weight openai-format checkpoint with real dimensions (for trying wconv offline)."""
-    from .samples import write_random_checkpoint
+    from .tools.random_checkpoints import write_random_checkpoint
 
     if path.exists() and not force:
         raise InputError(f"{path} already exists: pass --force to overwrite it")
@@ -207,26 +253,13 @@ def sample_checkpoint(path, size, seed, force):
 @click.option("--force", is_flag=True, help="Redo up-to-date jobs and overwrite existing artifacts.")
 def batch(manifest, parallel, as_json, force):
     """Run the conversions listed in MANIFEST (TOML), each in its own process; skip those up to date."""
-    from .batch import FAILED, load_batch, run_batch
+    from .tools.batch import FAILED, load_batch, run_batch
 
     jobs = load_batch(manifest, force)
     print_json = (lambda outcome: click.echo(json.dumps(outcome.to_dict()))) if as_json else None
     outcomes = run_batch(jobs, parallel, on_outcome=print_json)
     if any(outcome.status == FAILED for outcome in outcomes):
         sys.exit(1)
-
-
-def quiet_libraries() -> None:
-    """coremltools logs missing macOS runtimes at import and draws progress bars: keep stderr to wconv's lines."""
-    import logging
-    import os
-    import warnings
-
-    if "--debug" in sys.argv:
-        return
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    logging.getLogger("coremltools").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
 
 
 def main():

@@ -1,6 +1,8 @@
 """Hook specifications for wconv plugins.
 
-Stages run in order: load -> patch -> trace -> convert -> postprocess -> verify.
+Stages run in order: load -> patch -> (reuse, or trace -> convert -> compress -> postprocess) ->
+save -> verify, per artifact of the job's layout. Layouts (what a job writes, and where) come from
+``wconv_register_layouts``.
 A plugin that implements ``wconv_load`` is a *model family*; after loading, the later stages are
 called only on the chosen family and on plugins that are not families. Core's defaults for trace,
 convert, postprocess and verify are ordinary plugins marked ``trylast``: a family overrides only
@@ -10,14 +12,15 @@ them (and must not give them defaults).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 
 if TYPE_CHECKING:
     import coremltools as ct
 
-    from .job import Artifact, Check, Job, LoadedModel
+    from .job import Artifact, Check, Job, LoadedModel, Reuse
+    from .layouts import Layout
 
 hookspec = pluggy.HookspecMarker("wconv")
 hookimpl = pluggy.HookimplMarker("wconv")
@@ -42,6 +45,26 @@ def wconv_patch(model: LoadedModel, job: Job) -> None:
     """
 
 
+@hookspec
+def wconv_register_layouts(register: Callable[[Layout], None]) -> None:
+    """Register output layouts: call ``register(layout)`` with each :class:`wconv.Layout`.
+
+    Called once per plugin manager. A layout says what a job writes and where (its artifact plan,
+    folder, extra files, macOS compile step); ``--layout NAME`` picks one by its ``name``.
+    Registering a name twice is an error.
+    """
+
+
+@hookspec(firstresult=True)
+def wconv_reuse(model: LoadedModel, artifact: Artifact, job: Job) -> Reuse | None:
+    """Offer an already converted package to link in place of converting ``artifact``.
+
+    Runs once per artifact before trace, on the chosen family and every non-family plugin. Return a
+    :class:`wconv.Reuse` (the package is hard-linked under ``artifact.filename``, and its
+    trace/convert/compress/postprocess stages are skipped) or ``None`` to convert as usual.
+    """
+
+
 @hookspec(firstresult=True)
 def wconv_trace(model: LoadedModel, artifact: Artifact, job: Job) -> Any:
     """Build the ANE PyTorch module for ``artifact`` and trace it.
@@ -60,6 +83,17 @@ def wconv_convert(traced: Any, model: LoadedModel, artifact: Artifact, job: Job)
     Runs once per artifact. Return the ``MLModel``; ``None`` passes to the next plugin. The core
     default (trylast) calls ``ct.convert`` with fp16 compute precision, the artifact's IO names,
     shapes and dtypes, and ``job.min_target``. The first non-None result wins.
+    """
+
+
+@hookspec(firstresult=True)
+def wconv_compress(mlmodel: ct.models.MLModel, model: LoadedModel, artifact: Artifact, job: Job) -> ct.models.MLModel | None:
+    """Compress the converted model's weights as ``job.compress`` asks; return the compressed model.
+
+    Runs once per converted artifact, before postprocess. Return a new ``MLModel`` (it replaces the
+    converted one) or ``None`` to keep it as it is. The core default (trylast) applies the job's
+    compression spec with ``coremltools.optimize.coreml``; it returns ``None`` when ``job.compress``
+    is unset. The first non-None result wins.
     """
 
 

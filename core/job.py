@@ -1,49 +1,124 @@
 """The objects passed between pipeline stages: what to convert (:class:`Job`), the loaded source
-(:class:`LoadedModel`), one artifact to produce (:class:`Artifact`) and one verification result
-(:class:`Check`)."""
+(:class:`LoadedModel`), one artifact to produce (:class:`Artifact`, of an :class:`ArtifactKind`),
+a converted artifact a family re-uses (:class:`Reuse`) and one verification result (:class:`Check`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-DEFAULT_MIN_TARGET = "iOS16"
-# Options beyond Job's own fields, kept in ``Job.options`` (set by `wconv run` flags of the same name).
-EXTRA_OPTIONS = ("decoder", "target", "ggml_type", "layout", "folder_suffix", "parent", "convert_own_encoder")
-EXTRA_DEFAULTS = {"target": "whispercpp", "layout": "whispercpp", "ggml_type": "f16"}
-DEFAULT_MIN_PSNR = 35.0
+# Fields of a Job that only say where and how to run, not what the artifacts are (left out of the manifest's options).
+RUN_SETTINGS = ("source", "family", "output", "name", "force", "verify", "verify_input")
 
 
 @dataclass(frozen=True)
 class Job:
-    """One conversion request, as given on the command line or to :func:`wconv.convert`."""
+    """One conversion request, as given on the command line or to :func:`wconv.convert`.
+
+    The defaults here are wconv's defaults everywhere (CLI, Python API, batch files).
+    """
 
     source: str
     family: str | None = None
     output: Path = Path("models")
     name: str | None = None
     force: bool = False
-    min_target: str = DEFAULT_MIN_TARGET
+    min_target: str = "iOS16"
+    layout: str = "whispercpp"
     audio_lengths: tuple[int, ...] = ()
+    decoder: str | None = None
+    ggml_type: str = "f16"
+    compress: str | None = None
+    folder_suffix: str | None = None
+    parent: str | None = None
+    convert_own_encoder: bool = False
     verify: bool = True
-    min_psnr: float = DEFAULT_MIN_PSNR
+    min_psnr: float = 35.0
     verify_input: Path | None = None
-    options: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes) -> "Job":
         """A copy of this job with some fields changed."""
         return dataclasses.replace(self, **changes)
 
     def describe_options(self) -> dict[str, Any]:
-        """The options that shape the artifacts, for the manifest."""
-        return {
-            "min_target": self.min_target,
-            "audio_lengths": list(self.audio_lengths),
-            "min_psnr": self.min_psnr,
-            **self.options,
-        }
+        """The options that shape the artifacts, for the manifest (options left unset are omitted)."""
+        options = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUN_SETTINGS}
+        options["audio_lengths"] = list(self.audio_lengths)
+        return {name: value for name, value in options.items() if value is not None and value is not False}
+
+
+JOB_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Job) if f.default is not dataclasses.MISSING}
+
+
+class ArtifactKind(str, enum.Enum):
+    """What a Core ML artifact computes; the value is how manifests name it."""
+
+    MEL_SPECTROGRAM = "melspectrogram"
+    ENCODER = "encoder"
+    DECODER_STATEFUL = "decoder-stateful"
+    DECODER_CACHE_IO = "decoder-cache-io"
+
+    @property
+    def variant(self) -> str | None:
+        """A decoder's ``--decoder`` variant (``stateful``, ``cache-io``); None for other kinds."""
+        return DECODER_VARIANTS.get(self)
+
+    @classmethod
+    def decoder(cls, variant: str) -> "ArtifactKind":
+        """The decoder kind of a ``--decoder`` variant."""
+        return {name: kind for kind, name in DECODER_VARIANTS.items()}[variant]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+DECODER_VARIANTS = {ArtifactKind.DECODER_STATEFUL: "stateful", ArtifactKind.DECODER_CACHE_IO: "cache-io"}
+
+
+@dataclass
+class Artifact:
+    """One Core ML model the pipeline produces: its kind, final file name and IO contract."""
+
+    kind: ArtifactKind
+    filename: str
+    inputs: list[dict] = field(default_factory=list)
+    outputs: list[dict] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_entry(cls, entry: dict, filename: str | None = None) -> "Artifact":
+        """The artifact a manifest entry (or :func:`wconv.manifest.describe_io` plus a kind) describes."""
+        return cls(kind=ArtifactKind(entry["kind"]), filename=filename or entry["file"],
+                   inputs=entry["inputs"], outputs=entry["outputs"])
+
+    def contract(self) -> list[tuple]:
+        """Names, shapes and dtypes of the IO; enumerated shapes make two contracts differ."""
+        return [(spec["name"], list(spec["shape"]), spec["dtype"], bool(spec.get("enumerated_shapes") or spec.get("enumerated_frames")))
+                for spec in (*self.inputs, *self.outputs)]
+
+    @property
+    def channels_first(self) -> bool:
+        """Is the first output rank 4, ``(1, C, 1, S)`` (WhisperKit's layout), rather than whisper.cpp's ``(1, S, C)``?"""
+        return len(self.outputs[0]["shape"]) == 4
+
+
+@dataclass
+class Reuse:
+    """An artifact converted earlier that a family links instead of converting it (``wconv_reuse``).
+
+    ``path`` is the existing ``.mlpackage``; ``parent`` names the model it was converted from;
+    ``details`` (JSON-serialisable) go into the manifest with them.
+    """
+
+    path: Path
+    parent: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "parent": self.parent, **self.details}
 
 
 @dataclass
@@ -54,7 +129,10 @@ class LoadedModel:
     every family maps its own names onto these, and the shared ANE modules load from them.
     ``reference_encoder`` is the source model's own encoder in fp32 (mel -> (1, 1500, n_state)),
     used as the verification reference. ``repo_id`` is the hub id the model is published under
-    (``org/name``) when known; WhisperKit's folder is named after it.
+    (``org/name``) when known; WhisperKit's folder is named after it. ``tokenizer_json`` is the
+    source's HF tokenizer file, if it has one (ggml vocabulary, WhisperKit's folder). ``parent``
+    is a model this one shares weights with (distil-whisper's teacher), for ``wconv_reuse``.
+    ``provenance`` holds facts the family wants in the manifest (JSON-serialisable).
     """
 
     family: str
@@ -67,18 +145,9 @@ class LoadedModel:
     multilingual: bool = True
     alignment_heads: list | None = None
     repo_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Artifact:
-    """One Core ML model the pipeline produces: its kind, final file name and IO contract."""
-
-    kind: str
-    filename: str
-    inputs: list[dict] = field(default_factory=list)
-    outputs: list[dict] = field(default_factory=list)
-    options: dict[str, Any] = field(default_factory=dict)
+    tokenizer_json: Path | None = None
+    parent: "LoadedModel | None" = None
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -11,9 +11,17 @@ import pluggy
 from . import hookspecs
 from .errors import InputError
 
-# Core defaults first, then the built-in families; each registered under its entry-point name.
+# Core's default stages (one concern each) and layouts, then the built-in families under their entry-point names.
+CORE_PLUGINS = {
+    "wconv.conversion": "wconv.conversion.defaults",
+    "wconv.compression": "wconv.compress.defaults",
+    "wconv.verification": "wconv.verify.defaults",
+    "wconv.layouts.whispercpp": "wconv.layouts.whispercpp",
+    "wconv.layouts.coreml": "wconv.layouts.coreml",
+    "wconv.layouts.whisperkit": "wconv.layouts.whisperkit",
+}
 BUILTIN_PLUGINS = {
-    "defaults": "wconv.defaults",
+    **CORE_PLUGINS,
     "openai": "wconv.plugins.openai_whisper",
     "ct2": "wconv.plugins.ct2_whisper",
     "hf": "wconv.plugins.hf_whisper",

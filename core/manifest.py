@@ -8,6 +8,7 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from .errors import InputError
 from .job import Check, Job, LoadedModel
 
 
@@ -47,8 +48,8 @@ def describe_io(path: Path) -> dict:
     }
 
 
-def build_manifest(model: LoadedModel, job: Job, artifacts: list[dict], checks: list[Check]) -> dict:
-    """The manifest dict for one converted model."""
+def build_manifest(model: LoadedModel, job: Job, artifacts: list[dict], checks: list[Check], reused: dict[str, dict]) -> dict:
+    """The manifest dict for one converted model; ``reused`` maps artifact files to their :class:`~wconv.Reuse` records."""
     return {
         "wconv_manifest": 1,
         "family": model.family,
@@ -67,8 +68,8 @@ def build_manifest(model: LoadedModel, job: Job, artifacts: list[dict], checks: 
         },
         "artifacts": artifacts,
         "verify": [check.to_dict() for check in checks],
-        **({"reused": model.extra["reuse"]} if model.extra.get("reuse") else {}),
-        **({"encoder_differs": model.extra["encoder_differs"]} if "encoder_differs" in model.extra else {}),
+        **({"reused": reused} if reused else {}),
+        **model.provenance,
     }
 
 
@@ -88,8 +89,6 @@ def manifests_in(folder: Path) -> list[Path]:
 
 def read_manifest(path: Path) -> dict:
     """Load a manifest given its file or the directory holding exactly one."""
-    from .errors import InputError
-
     path = Path(path)
     if path.is_dir():
         found = sorted(path.glob("*.manifest.json"))

@@ -1,26 +1,24 @@
-"""The conversion pipeline: load -> patch -> (trace -> convert -> postprocess -> save -> verify)
-per artifact -> ggml file or WhisperKit's config files -> manifest -> publish. Each stage is a
-hook; this module only runs them in order."""
+"""The conversion pipeline, top to bottom: choose the layout -> load -> patch -> plan -> per artifact
+(reuse, or trace -> convert -> compress -> postprocess -> save) -> verify -> the layout's extra files ->
+compile (macOS) -> manifest -> publish. Each stage is a hook or a layout method; this module only runs them in order."""
 
 from __future__ import annotations
 
 import gc
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pluggy
-from rich.console import Console
 
-from .artifacts import WHISPERKIT, check_layout_options, plan_artifacts
+from .compress.report import compression_entry
+from .console import StageReporter
 from .errors import ConversionError, InputError, StageError, VerificationError, WconvError
+from .files import link_tree, publish, refuse_to_overwrite, staging_dir
 from .job import Check, Job, LoadedModel
+from .layouts import select_layout
 from .manager import FamilyHooks, family_names, get_plugin_manager, resolve_family
 from .manifest import build_manifest, describe_io, manifest_filename, write_manifest
-from .outputs import link_tree, publish, refuse_to_overwrite, staging_dir
-from . import whisperkit
-from .whispercpp import compile_for_whispercpp, ggml_filename, mac_hint, wants_ggml, write_ggml_model
 
 
 @dataclass
@@ -39,36 +37,6 @@ class Result:
         return all(check.passed for check in self.checks)
 
 
-STDERR = Console(stderr=True)
-
-
-class StageReporter:
-    """Shows each stage on stderr with rich: a spinner while it runs, its time when done.
-
-    A pipeline run inside a stage (distil converting its parent) prints its stages without a
-    second spinner: rich allows one live display per console.
-    """
-
-    active = 0
-
-    def __init__(self, console: Console | None = None):
-        self.console = console or STDERR
-
-    def run(self, label: str, call, **kwargs):
-        started = time.perf_counter()
-        StageReporter.active += 1
-        try:
-            if StageReporter.active == 1:
-                with self.console.status(f"[bold]{label}[/bold] …"):
-                    result = call(**kwargs)
-            else:
-                result = call(**kwargs)
-        finally:
-            StageReporter.active -= 1
-        self.console.print(f"[green]✓[/green] {label} [dim]({time.perf_counter() - started:.1f} s)[/dim]")
-        return result
-
-
 def call_stage(stage: str, caller, **kwargs):
     """Call one hook; a plugin's exception becomes a StageError naming the stage and plugin(s)."""
     try:
@@ -78,11 +46,28 @@ def call_stage(stage: str, caller, **kwargs):
     except Exception as e:
         plugins = [impl.plugin_name for impl in caller.get_hookimpls()]
         raise StageError(stage, plugins, f"{type(e).__name__}: {e}") from e
-    if caller.spec.opts.get("firstresult") and result is None:
+    if caller.spec.opts.get("firstresult") and result is None and stage in REQUIRED_STAGES:
         if stage == "load":
             raise InputError(f"no model family recognises '{kwargs['job'].source}': check the name or path, or pass --family (see `wconv families`)")
         raise StageError(stage, [], "no plugin handled this stage")
     return result
+
+
+REQUIRED_STAGES = ("load", "trace", "convert")
+UNCOMPRESSED = ".uncompressed"  # staging subfolder of the models as converted, before the compress stage  # firstresult stages that must give a result (reuse and compress may decline)
+
+
+def load(job: Job, pm: pluggy.PluginManager, stage) -> LoadedModel:
+    """The load and patch stages: the family the job names (or the first that recognises the source)."""
+    hooks = FamilyHooks(pm, resolve_family(pm, job.family)) if job.family else pm.hook
+    model = stage("load", f"load {job.source}", hooks.wconv_load, job=job)
+    if model.family not in family_names(pm):
+        raise StageError("load", [model.family], f"LoadedModel.family '{model.family}' is not a registered family: "
+                         "a family plugin must report the name it is registered under")
+    if job.name:
+        model.name = job.name
+    stage("patch", "patch", FamilyHooks(pm, model.family).wconv_patch, model=model, job=job)
+    return model
 
 
 def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporter | None = None) -> Result:
@@ -93,82 +78,84 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
     def stage(name: str, label: str, hook, **kwargs):
         return reporter.run(label, call_stage, stage=name, caller=hook, **kwargs)
 
-    check_layout_options(job)
-    hooks = FamilyHooks(pm, resolve_family(pm, job.family)) if job.family else pm.hook
-    model = stage("load", f"load {job.source}", hooks.wconv_load, job=job)
-    if model.family not in family_names(pm):
-        raise StageError("load", [model.family], f"LoadedModel.family '{model.family}' is not a registered family: "
-                         "a family plugin must report the name it is registered under")
+    layout = select_layout(pm, job)
+    model = load(job, pm, stage)
     hooks = FamilyHooks(pm, model.family)
-    if job.name:
-        model.name = job.name
-    stage("patch", "patch", hooks.wconv_patch, model=model, job=job)
-
-    plan = plan_artifacts(model, job)
-    # WhisperKit's layout is one folder in the output, published whole; the others put files in the output itself
-    folder = whisperkit.folder_name(model, job) if job.options.get("layout") == WHISPERKIT else ""
+    plan = layout.plan(model, job)
+    folder = layout.folder(model, job)  # a folder published whole, or "" for files in the output itself
     manifest_name = manifest_filename(model.name)
     names = [artifact.filename for artifact in plan]
-    if wants_ggml(job):
-        names.append(ggml_filename(model, job))
-    published = [folder] if folder else names + [manifest_name]
-    refuse_to_overwrite(job.output, published, job.force)
+    refuse_to_overwrite(job.output, [folder] if folder else names + layout.extra_files(model, job) + [manifest_name], job.force)
 
     checks: list[Check] = []
     described: list[dict] = []
+    reused: dict[str, dict] = {}
     with staging_dir(job.output) as staging:
         work = staging / folder
         work.mkdir(exist_ok=True)
-        reused = model.extra.get("reuse", {})
+        before = staging / UNCOMPRESSED / folder  # every artifact as it was before the compress stage, for comparison
+        before.mkdir(parents=True)
         for artifact in plan:
             what = artifact.filename
-            if what in reused:
-                reporter.run(f"reuse {what} from {reused[what]['parent']}", link_tree, source=Path(reused[what]["path"]), target=work / what)
-                described.append({"file": what, "kind": artifact.kind, "reused_from": reused[what]["path"], **describe_io(work / what)})
+            reuse = call_stage("reuse", hooks.wconv_reuse, model=model, artifact=artifact, job=job)
+            if reuse:
+                reporter.run(f"reuse {what} from {reuse.parent}", link_tree, source=Path(reuse.path), target=work / what)
+                link_tree(work / what, before / what)
+                reused[what] = reuse.to_dict()
+                described.append({"file": what, "kind": artifact.kind.value, "reused_from": str(reuse.path), **describe_io(work / what)})
                 continue
             traced = stage("trace", f"trace {what}", hooks.wconv_trace, model=model, artifact=artifact, job=job)
             mlmodel = stage("convert", f"convert {what}", hooks.wconv_convert, traced=traced, model=model, artifact=artifact, job=job)
             del traced
+            compressed = stage("compress", f"compress {what}", hooks.wconv_compress, mlmodel=mlmodel, model=model, artifact=artifact, job=job)
+            was_compressed = compressed is not None
+            if was_compressed:
+                reporter.run(f"save {what} uncompressed", save_model, mlmodel=mlmodel, path=before / what)
+                mlmodel = compressed
             stage("postprocess", f"postprocess {what}", hooks.wconv_postprocess, mlmodel=mlmodel, model=model, artifact=artifact, job=job)
             reporter.run(f"save {what}", save_model, mlmodel=mlmodel, path=work / what)
-            del mlmodel
+            del mlmodel, compressed
             gc.collect()
-            described.append({"file": what, "kind": artifact.kind, **describe_io(work / what)})
+            if not was_compressed:
+                link_tree(work / what, before / what)
+            entry = {"file": what, "kind": artifact.kind.value, **describe_io(work / what)}
+            artifact_checks, uncompressed_checks = [], []
             if job.verify:
-                results = stage("verify", f"verify {what}", hooks.wconv_verify, path=work / what, model=model, artifact=artifact, job=job)
-                checks.extend(flatten_checks(results))
-        if wants_ggml(job):
-            ggml_path = reporter.run(f"write {names[-1]}", write_ggml_model, model=model, job=job, folder=work)
-            described.append({"file": ggml_path.name, "kind": "ggml", "ggml_type": job.options.get("ggml_type", "f16")})
-        if folder:
-            files = reporter.run("write config and tokenizer files", whisperkit.write_folder_files, model=model, folder=work)
-            described.extend({"file": name, "kind": "config", "origin": origin} for name, origin in files.items())
-            names += list(files)
+                artifact_checks = flatten_checks(stage("verify", f"verify {what}", hooks.wconv_verify, path=work / what, model=model, artifact=artifact, job=job))
+                checks.extend(artifact_checks)
+                if was_compressed:
+                    uncompressed_checks = flatten_checks(stage("verify", f"verify {what} uncompressed", hooks.wconv_verify,
+                                                               path=before / what, model=model, artifact=artifact, job=job))
+            if was_compressed:
+                entry["compression"] = compression_entry(work / what, before / what, artifact_checks, uncompressed_checks)
+                names.extend(name for name in [entry["compression"].get("recipe_file")] if name)
+            described.append(entry)
+        extra = reporter.run(f"write {layout.name} files", layout.write_extra_files, model=model, job=job, folder=work)
+        described.extend(extra)
+        names += [entry["file"] for entry in extra]
         compile_error = None
-        if sys.platform == "darwin" and (folder or wants_ggml(job)):
+        if sys.platform == "darwin":
             try:
-                if folder:
-                    names += [p.name for p in reporter.run("compile for WhisperKit", whisperkit.compile_models, folder=work)]
-                else:
-                    names += [p.name for p in reporter.run("compile for whisper.cpp", compile_for_whispercpp, package=work / plan[0].filename)]
+                names += [path.name for path in reporter.run(f"compile for {layout.name}", layout.compile, folder=work, plan=plan)]
             except ConversionError as e:
-                compile_error = str(e)  # the packages stay: WhisperKit loads them as they are, and they compile later
-        manifest = build_manifest(model, job, described, checks)
+                compile_error = str(e)  # the packages stay: they load as they are, and compile later
+        if folder and (final := layout.final_folder(model, job, work)) != folder:
+            refuse_to_overwrite(job.output, [final], job.force)
+            work = work.rename(staging / final)
+            folder = final
+        manifest = build_manifest(model, job, described, checks, reused)
         write_manifest(work / manifest_name, manifest)
-        paths = publish(staging, job.output, published)
+        publish(staging, job.output, [folder] if folder else names + [manifest_name])
 
-    if folder:
-        result = Result(model=model, paths=[paths[0] / name for name in names], manifest_path=paths[0] / manifest_name,
-                        manifest=manifest, checks=checks)
-    else:
-        result = Result(model=model, paths=paths[:-1], manifest_path=paths[-1], manifest=manifest, checks=checks)
-    if (folder or wants_ggml(job)) and (sys.platform != "darwin" or compile_error):
-        hint = whisperkit.mac_hint(paths[0]) if folder else mac_hint(paths[0])
+    destination = job.output / folder
+    result = Result(model=model, paths=[destination / name for name in names], manifest_path=destination / manifest_name,
+                    manifest=manifest, checks=checks)
+    hint = layout.mac_hint(destination, plan) if sys.platform != "darwin" or compile_error else None
+    if hint:
         result.notes.append(f"{compile_error}; {hint}" if compile_error else hint)
     failed = [check for check in checks if not check.passed]
     if failed:
-        kept = paths[0] if folder else job.output
-        raise VerificationError(f"verification failed for {failed[0].artifact}: {failed[0].message} (artifacts kept in {kept})")
+        raise VerificationError(f"verification failed for {failed[0].artifact}: {failed[0].message} (artifacts kept in {destination})")
     return result
 
 

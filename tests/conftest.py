@@ -13,7 +13,7 @@ DATA_DIR = Path(__file__).parent / "data"
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     """CTranslate2 directory of Whisper base (model.bin, config.json, tokenizer.json, vocabulary.txt)."""
-    from wconv.sample import sample_model_dir
+    from wconv.tools.sample_weights import sample_model_dir
 
     return sample_model_dir()
 

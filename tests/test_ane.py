@@ -4,8 +4,8 @@ import pytest
 import torch
 import whisper.model
 
-from wconv import ane
-from wconv.samples import random_state_dict, real_dims
+from wconv.conversion import ane
+from wconv.tools.random_checkpoints import random_state_dict, real_dims
 
 
 @pytest.mark.parametrize("size", ["tiny", "base"])

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 
 import wconv
 from wconv.api import build_job
-from wconv.batch import CHECKSUM_CACHE, StageForwarder, exit_reason
+from wconv.tools.batch import CHECKSUM_CACHE, StageForwarder, exit_reason
 from wconv.cli import cli
-from wconv.samples import write_random_checkpoint
+from wconv.tools.random_checkpoints import write_random_checkpoint
 
 WEIGHTS = "Data/com.apple.CoreML/weights/weight.bin"
 # Registered through the manifest's `plugins`; kills the process of the job named "crash" mid-way.
@@ -119,7 +119,7 @@ def test_python_api_writes_what_wconv_run_writes(project, tmp_path):
 
 def test_api_options_are_job_fields_or_extra_options():
     job = build_job("a.pt", "openai", "out", name="small-de", audio_lengths=[1500, 3000], ggml_type="q5_0", decoder=None)
-    assert (job.name, job.audio_lengths, job.options) == ("small-de", (1500, 3000), {"target": "whispercpp", "layout": "whispercpp", "ggml_type": "q5_0"})
+    assert (job.name, job.audio_lengths, job.layout, job.ggml_type) == ("small-de", (1500, 3000), "whispercpp", "q5_0")
     with pytest.raises(wconv.InputError, match="unknown option 'colour'"):
         wconv.convert("a.pt", colour="blue")
 

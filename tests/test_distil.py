@@ -13,7 +13,7 @@ from wconv import pipeline
 from wconv.cli import cli
 from wconv.manager import get_plugin_manager
 from wconv.plugins.hf_whisper.export import save_hf_whisper
-from wconv.samples import random_state_dict, real_dims
+from wconv.tools.random_checkpoints import random_state_dict, real_dims
 
 
 def distil_of(parent_state: dict, dims, decoder_layers: int = 2, seed: int = 9):
@@ -66,7 +66,7 @@ def weight_bytes(package):
 
 def test_distil_reuses_the_parents_encoder_without_tracing_or_converting(pair):
     root, parent_dir, distil_dir, output, _, _ = pair
-    job = wconv.Job(source=str(distil_dir), family="distil", output=output, verify=False, options={"parent": str(parent_dir)})
+    job = wconv.Job(source=str(distil_dir), family="distil", output=output, verify=False, parent=str(parent_dir))
     result, calls = run_with_recorder(job)
     assert calls == []
     package = output / "ggml-distil-tiny-encoder.mlpackage"
@@ -77,7 +77,7 @@ def test_distil_reuses_the_parents_encoder_without_tracing_or_converting(pair):
     assert record["encoder_tensors_compared"] == len([k for k in result.model.state_dict if k.startswith("encoder.")])
     assert manifest["artifacts"][0]["reused_from"].endswith("ggml-whisper-parent-encoder.mlpackage")
     # the distil's own decoder goes into its ggml file
-    from wconv.ggml import read_ggml_header
+    from wconv.layouts.ggml import read_ggml_header
 
     assert read_ggml_header(output / "ggml-distil-tiny.bin")["hparams"]["n_text_layer"] == 2
 
@@ -85,7 +85,7 @@ def test_distil_reuses_the_parents_encoder_without_tracing_or_converting(pair):
 def test_parent_not_converted_yet_is_converted_once_into_the_cache(pair, tmp_path, monkeypatch):
     root, parent_dir, distil_dir, _, _, _ = pair
     monkeypatch.setenv("WCONV_CACHE_DIR", str(tmp_path / "cache"))
-    job = wconv.Job(source=str(distil_dir), family="distil", output=tmp_path / "out", verify=False, options={"parent": str(parent_dir)})
+    job = wconv.Job(source=str(distil_dir), family="distil", output=tmp_path / "out", verify=False, parent=str(parent_dir))
     _, calls = run_with_recorder(job)
     assert calls == []  # the parent's conversion runs on its own plugin manager; this one saw none
     (cached,) = (tmp_path / "cache" / "encoders").iterdir()
@@ -107,7 +107,7 @@ def test_a_differing_encoder_tensor_is_refused_and_converts_with_the_flag(pair, 
     assert result.output.count("\n") == 1 and not (tmp_path / "out").exists()
 
     job = wconv.Job(source=str(changed), family="distil", output=tmp_path / "own", verify=False,
-                    options={"parent": str(parent_dir), "convert_own_encoder": True})
+                    parent=str(parent_dir), convert_own_encoder=True)
     result, calls = run_with_recorder(job)
     assert ("trace", "ggml-distil-changed-encoder.mlpackage") in calls
     assert "reused" not in result.manifest
@@ -141,7 +141,7 @@ def test_distil_large_v35_with_a_different_encoder_converts_its_own(pair, tmp_pa
     distil_dims, distil_state = distil_of(parent_state, dims)
     distil_state["encoder.ln_post.bias"] = distil_state["encoder.ln_post.bias"] + 0.25
     v35 = save_hf_whisper(tmp_path / "distil-large-v3.5", distil_dims, distil_state)
-    job = wconv.Job(source=str(v35), family="distil", output=tmp_path / "out", verify=False, options={"parent": str(parent_dir)})
+    job = wconv.Job(source=str(v35), family="distil", output=tmp_path / "out", verify=False, parent=str(parent_dir))
     result, calls = run_with_recorder(job)
     assert ("convert", "ggml-distil-large-v3.5-encoder.mlpackage") in calls
     assert "reused" not in result.manifest
@@ -151,9 +151,9 @@ def test_distil_large_v35_with_a_different_encoder_converts_its_own(pair, tmp_pa
 def test_whisperkit_layout_links_the_parents_audio_encoder_when_converted(pair, tmp_path):
     root, parent_dir, distil_dir, _, _, _ = pair
     output = tmp_path / "models"
-    pipeline.run(wconv.Job(source=str(parent_dir), family="hf", output=output, verify=False, options={"layout": "whisperkit"}))
+    pipeline.run(wconv.Job(source=str(parent_dir), family="hf", output=output, verify=False, layout="whisperkit"))
     job = wconv.Job(source=str(distil_dir), family="distil", output=output, verify=False,
-                    options={"parent": str(parent_dir), "layout": "whisperkit"})
+                    parent=str(parent_dir), layout="whisperkit")
     _, calls = run_with_recorder(job)
     assert ("trace", "AudioEncoder.mlpackage") not in calls and ("convert", "AudioEncoder.mlpackage") not in calls
     assert ("convert", "MelSpectrogram.mlpackage") in calls and ("convert", "TextDecoder.mlpackage") in calls
@@ -168,7 +168,7 @@ def test_whisperkit_layout_without_a_converted_parent_converts_its_own_encoder(p
     root, parent_dir, distil_dir, output, _, _ = pair
     monkeypatch.setenv("WCONV_CACHE_DIR", str(tmp_path / "cache"))
     job = wconv.Job(source=str(distil_dir), family="distil", output=output, verify=False,
-                    options={"parent": str(parent_dir), "layout": "whisperkit"})
+                    parent=str(parent_dir), layout="whisperkit")
     result, calls = run_with_recorder(job)
     assert ("convert", "AudioEncoder.mlpackage") in calls and "reused" not in result.manifest
     assert not (tmp_path / "cache").exists()

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from coremltools.converters.mil.frontend.milproto import load as milproto_load
 
 from wconv.cli import cli
-from wconv.samples import write_random_checkpoint
+from wconv.tools.random_checkpoints import write_random_checkpoint
 
 
 def invoke(*args):

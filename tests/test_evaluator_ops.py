@@ -15,7 +15,7 @@ from coremltools.converters.mil.mil import types
 from coremltools.optimize._utils import pack_elements_into_bits
 
 from wconv.errors import InputError, UnsupportedOpError
-from wconv.evaluator import MLProgramEvaluator
+from wconv.runtime.evaluator import MLProgramEvaluator
 
 IOS16, IOS17, IOS18 = ct.target.iOS16, ct.target.iOS17, ct.target.iOS18
 MIL_DTYPES = {np.dtype(np.float32): types.fp32, np.dtype(np.float16): types.fp16, np.dtype(np.int32): types.int32}
@@ -744,7 +744,7 @@ def test_an_unsupported_op_fails_at_load_naming_type_and_op(tmp_path):
 
 
 def test_an_op_dropped_from_the_table_is_unsupported(tmp_path, monkeypatch):
-    from wconv import evaluator
+    from wconv.runtime import evaluator
 
     @mb.program(input_specs=[mb.TensorSpec((3,), types.fp32)], opset_version=IOS17)
     def prog(x):

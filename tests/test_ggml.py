@@ -19,7 +19,7 @@ import whisper.model
 from whisper.model import ModelDimensions
 from whisper.tokenizer import get_tokenizer
 
-from wconv import ggml
+from wconv.layouts import ggml
 from wconv.errors import InputError
 
 TINY = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4, n_vocab=51865,

@@ -14,8 +14,8 @@ import whisper
 from click.testing import CliRunner
 
 from wconv.cli import cli
-from wconv.ggml import read_ggml_header
-from wconv.verify import log_mel_of
+from wconv.layouts.ggml import read_ggml_header
+from wconv.runtime.audio import log_mel_of
 
 RUNNER = Path(__file__).with_name("whispercpp_runner.py")
 SENTENCES = {clip["file"]: clip["sentence"] for clip in json.loads((Path(__file__).parent / "data" / "clips.json").read_text())["clips"]}

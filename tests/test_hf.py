@@ -16,12 +16,14 @@ from transformers import BertConfig, WhisperConfig, WhisperForConditionalGenerat
 
 from wconv import InputError, Job
 from wconv.cli import cli
-from wconv.outputs import sha256_file
+from wconv.files import sha256_file
 from wconv.plugins import hf_whisper
 from wconv.plugins.hf_whisper.checkpoint import artifact_name, looks_like_hub_id, read_checkpoint, repo_id_of, resolve_source
 from wconv.plugins.hf_whisper.export import save_hf_whisper
 from wconv.plugins.hf_whisper.mapping import canonical_to_hf, hf_to_canonical
-from wconv.verify import compare, read_wav, run_artifact
+from wconv.runtime.audio import read_wav
+from wconv.runtime.run import run_artifact
+from wconv.verify.metrics import compare
 
 TINY = dict(d_model=384, encoder_attention_heads=6, decoder_attention_heads=6, encoder_layers=4, decoder_layers=4,
             encoder_ffn_dim=1536, decoder_ffn_dim=1536, num_mel_bins=80, vocab_size=51865)
@@ -199,7 +201,7 @@ def test_a_cached_hub_model_loads_offline_and_is_named_by_the_rule(tmp_path, mon
     model = hf_whisper.wconv_load(job=Job(source="openai/whisper-mini"))
     assert (model.family, model.name, model.alignment_heads) == ("hf", "mini", [[0, 1]])
     assert model.source == str(repo / "snapshots" / commit)
-    assert model.extra["tokenizer_json"] == repo / "snapshots" / commit / "tokenizer.json"
+    assert model.tokenizer_json == repo / "snapshots" / commit / "tokenizer.json"
     assert model.source_sha256 == sha256_file(repo / "snapshots" / commit / "model.safetensors")
 
 
@@ -283,7 +285,7 @@ def test_transformers_generate_gives_openai_whisper_tokens_on_real_base_weights(
 
 
 def test_run_family_hf_then_transcribe_gives_transformers_tokens(hf_base_dir, hf_generated, speech_clips, tmp_path):
-    from wconv.transcribe import transcribe
+    from wconv.tools.transcribe import transcribe
 
     result = CliRunner().invoke(cli, ["run", "--family", "hf", str(hf_base_dir), "--output", str(tmp_path)])
     assert result.exit_code == 0, result.output

@@ -12,7 +12,7 @@ from wconv import pipeline
 from wconv.cli import cli
 from wconv.errors import StageError
 from wconv.manager import family_names, get_plugin_manager, resolve_family
-from wconv.samples import write_random_checkpoint
+from wconv.tools.random_checkpoints import write_random_checkpoint
 
 
 @pytest.fixture
@@ -22,10 +22,13 @@ def pm():
 
 def test_builtin_families_and_core_defaults_are_registered(pm):
     assert family_names(pm) == ["ct2", "distil", "hf", "openai"]
-    defaults = pm.get_plugin("defaults")
-    trylast = {caller.name for caller in pm.get_hookcallers(defaults) for impl in caller.get_hookimpls()
-               if impl.plugin is defaults and impl.trylast}
-    assert trylast == {"wconv_trace", "wconv_convert", "wconv_postprocess", "wconv_verify"}
+    trylast = {}
+    for name in ("wconv.conversion", "wconv.compression", "wconv.verification"):
+        defaults = pm.get_plugin(name)
+        trylast[name] = {caller.name for caller in pm.get_hookcallers(defaults) for impl in caller.get_hookimpls()
+                         if impl.plugin is defaults and impl.trylast}
+    assert trylast == {"wconv.conversion": {"wconv_trace", "wconv_convert", "wconv_postprocess"},
+                       "wconv.compression": {"wconv_compress"}, "wconv.verification": {"wconv_verify"}}
 
 
 def test_aliases_resolve_to_families(pm):
@@ -84,7 +87,7 @@ def test_a_third_party_family_claims_its_sources(pm, tmp_path):
         def wconv_load(self, job):
             if job.source != "acme/tiny":
                 return None
-            from wconv.samples import random_state_dict, real_dims
+            from wconv.tools.random_checkpoints import random_state_dict, real_dims
 
             dims = real_dims("tiny")
             return wconv.LoadedModel(family="acme", name="acme-tiny", dims=dims, state_dict=random_state_dict(dims),
@@ -103,7 +106,7 @@ def test_plugins_command_lists_builtins_with_hooks():
     rows = {row["name"]: row for row in json.loads(result.output)}
     assert rows["openai"]["family"] is True
     assert "wconv_load" in rows["openai"]["hooks"]
-    assert "defaults" not in rows
+    assert not any(name.startswith("wconv.") for name in rows)
 
 
 def test_families_command_lists_known_models():
@@ -121,7 +124,7 @@ def test_the_readme_plugin_example_converts_and_verifies(tmp_path):
 
     import torch
 
-    from wconv.samples import random_state_dict, real_dims
+    from wconv.tools.random_checkpoints import random_state_dict, real_dims
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     source = re.search(r"```python\n(# wconv_acme.py\n.*?)```", readme, re.S).group(1)
@@ -134,7 +137,7 @@ def test_the_readme_plugin_example_converts_and_verifies(tmp_path):
 
     pm = get_plugin_manager(entrypoints=False)
     pm.register(module, "acme")
-    result = pipeline.run(wconv.Job(source=str(tmp_path / "my-model.acme"), output=tmp_path / "out", options={"target": "coreml"}), pm)
+    result = pipeline.run(wconv.Job(source=str(tmp_path / "my-model.acme"), output=tmp_path / "out", layout="coreml"), pm)
     assert result.paths[0].name == "ggml-my-model-encoder.mlpackage"
     assert result.manifest["family"] == "acme" and result.passed and result.checks[0].metrics["psnr"] >= 50
 
@@ -143,7 +146,7 @@ def test_a_family_reporting_a_wrong_name_is_refused(pm, tmp_path):
     class Misnamed:
         @wconv.hookimpl
         def wconv_load(self, job):
-            from wconv.samples import random_state_dict, real_dims
+            from wconv.tools.random_checkpoints import random_state_dict, real_dims
 
             dims = real_dims("tiny")
             return wconv.LoadedModel(family="other", name="x", dims=dims, state_dict=random_state_dict(dims), source="x", source_sha256="0")
@@ -152,3 +155,71 @@ def test_a_family_reporting_a_wrong_name_is_refused(pm, tmp_path):
     with pytest.raises(StageError, match="'other' is not a registered family"):
         pipeline.run(wconv.Job(source="x", family="misnamed", output=tmp_path / "out"), pm)
     assert not (tmp_path / "out").exists()
+
+
+class EncoderBundle(wconv.Layout):
+    """A throwaway third layout: whisper.cpp's encoder under another name, in a folder, with a note beside it."""
+
+    name = "encoder-bundle"
+    description = "the encoder and a note, in <name>-bundle/"
+
+    def folder(self, model, job):
+        return f"{model.name}-bundle"
+
+    def plan(self, model, job):
+        import dataclasses
+
+        from wconv.layouts.contracts import whispercpp_encoder
+
+        return [dataclasses.replace(whispercpp_encoder(model), filename="Encoder.mlpackage")]
+
+    def write_extra_files(self, model, job, folder):
+        (folder / "NOTE.txt").write_text(f"{model.name}: {model.dims.n_audio_state} channels\n")
+        return [{"file": "NOTE.txt", "kind": "note"}]
+
+
+class LayoutPlugin:
+    @wconv.hookimpl
+    def wconv_register_layouts(self, register):
+        register(EncoderBundle())
+
+
+def test_a_plugin_registers_a_third_layout_and_converts_with_it(pm, tmp_path):
+    from wconv.tools.plugins_info import describe_layouts
+
+    pm.register(LayoutPlugin(), "bundle")
+    assert {row["name"] for row in describe_layouts(pm)} == {"coreml", "encoder-bundle", "whispercpp", "whisperkit"}
+    checkpoint = write_random_checkpoint(tmp_path / "tiny.pt", "tiny")
+    result = pipeline.run(wconv.Job(source=str(checkpoint), output=tmp_path / "out", layout="encoder-bundle"), pm)
+    folder = tmp_path / "out" / "tiny-bundle"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tiny-bundle"]
+    assert sorted(p.name for p in folder.iterdir()) == ["Encoder.mlpackage", "NOTE.txt", "tiny.manifest.json"]
+    assert result.paths == [folder / "Encoder.mlpackage", folder / "NOTE.txt"]
+    assert (folder / "NOTE.txt").read_text() == "tiny: 384 channels\n"
+    assert [entry["kind"] for entry in result.manifest["artifacts"]] == ["encoder", "note"]
+    assert result.manifest["options"]["layout"] == "encoder-bundle"
+    assert result.passed and result.checks[0].metrics["psnr"] >= 50
+
+
+def test_a_layout_registered_twice_is_refused(pm):
+    from wconv.layouts import collect_layouts
+
+    pm.register(LayoutPlugin(), "bundle")
+    pm.register(LayoutPlugin(), "bundle-again")
+    with pytest.raises(ValueError, match="'encoder-bundle' is registered twice"):
+        collect_layouts(pm)
+
+
+def test_an_unknown_layout_is_one_line_and_exit_2(tmp_path):
+    result = CliRunner().invoke(cli, ["run", "tiny", "--layout", "nope", "--output", tmp_path / "out"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "unknown layout 'nope'" in result.output and "whispercpp" in result.output and "wconv layouts" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_layouts_command_lists_the_builtins():
+    result = CliRunner().invoke(cli, ["layouts", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert set(rows) == {"coreml", "whispercpp", "whisperkit"}
+    assert rows["whisperkit"]["module"] == "wconv.layouts.whisperkit"

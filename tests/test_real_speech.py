@@ -10,9 +10,10 @@ import whisper
 from click.testing import CliRunner
 
 from wconv.cli import cli
-from wconv.transcribe import encode
+from wconv.tools.transcribe import encode
 from wconv.manifest import read_manifest
-from wconv.verify import compare, log_mel_of
+from wconv.runtime.audio import log_mel_of
+from wconv.verify.metrics import compare
 
 
 def invoke(*args):

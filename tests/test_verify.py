@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from coremltools.converters.mil import Builder as mb
 
 from wconv.cli import cli
-from wconv.samples import write_random_checkpoint
+from wconv.tools.random_checkpoints import write_random_checkpoint
 
 
 def invoke(*args):
@@ -22,7 +22,7 @@ def verified(tmp_path_factory):
     """Tiny dims with zero and negative LayerNorm weights, converted and verified by `wconv run`."""
     root = tmp_path_factory.mktemp("verify")
     checkpoint = write_random_checkpoint(root / "tiny.pt", "tiny", seed=7)
-    result = invoke("run", checkpoint, "--output", root / "models", "--target", "coreml", "--json")
+    result = invoke("run", checkpoint, "--output", root / "models", "--layout", "coreml", "--json")
     assert result.exit_code == 0, result.output
     return root, checkpoint, json.loads(result.stdout)
 

@@ -17,16 +17,16 @@ from whisper.model import ModelDimensions
 
 from wconv.api import convert as wconv_convert
 from wconv.cli import cli
-from wconv.decoding import get_tokenizer, transcribe_tokens
+from wconv.runtime.decoding import get_tokenizer, transcribe_tokens
 from wconv.errors import InputError
-from wconv.evaluator import MLProgramEvaluator
-from wconv.hf_config import dims_from_config
-from wconv.job import Job, LoadedModel
+from wconv.runtime.evaluator import MLProgramEvaluator
+from wconv.layouts.hf_config import dims_from_config
+from wconv.job import ArtifactKind, Job, LoadedModel
 from wconv.plugins.hf_whisper.export import save_hf_whisper
-from wconv.samples import random_state_dict, real_dims
-from wconv.transcribe import transcribe
-from wconv.verify import read_wav
-from wconv.whisperkit import folder_name, mac_hint
+from wconv.tools.random_checkpoints import random_state_dict, real_dims
+from wconv.tools.transcribe import transcribe
+from wconv.runtime.audio import read_wav
+from wconv.layouts.whisperkit import WhisperKitLayout
 
 FP16, INT32 = "FLOAT16", "INT32"
 
@@ -94,7 +94,7 @@ def test_base_folder_holds_whisperkits_files_and_the_manifest(base_folder):
         "AudioEncoder.mlpackage", "MelSpectrogram.mlpackage", "TextDecoder.mlpackage", "base.manifest.json", "config.json",
         "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
     assert not (folder / "ggml-base.bin").exists()
-    assert mac_hint(folder) in printed and "xcrun coremlcompiler compile" in printed
+    assert WhisperKitLayout().mac_hint(folder, WhisperKitLayout().plan(loaded(), Job(source="x"))) in printed and "xcrun coremlcompiler compile" in printed
 
 
 @pytest.mark.parametrize("model", ["MelSpectrogram", "AudioEncoder", "TextDecoder"])
@@ -120,7 +120,7 @@ def test_folder_is_named_after_the_hub_id_with_the_suffix_and_copies_the_sources
 
 
 def test_mel_spectrogram_program_computes_in_fp32_between_fp16_io(base_folder):
-    from wconv.evaluator import _load_program
+    from wconv.runtime.evaluator import _load_program
 
     _, program = _load_program(base_folder[1] / "MelSpectrogram.mlpackage")
     operations = [op for op in program.functions["main"].operations if op.op_type != "const"]
@@ -166,7 +166,7 @@ def test_chained_models_give_openai_whisper_fp32_tokens_on_every_clip(base_folde
         audio = whisper.pad_or_trim(read_wav(clip))
         mel = mel_model.predict({"audio": audio})["melspectrogram_features"]
         embeds = encoder.predict({"melspectrogram_features": mel})["encoder_output_embeds"]
-        tokens = transcribe_tokens(embeds[:, :, 0, :].transpose(0, 2, 1), folder / "TextDecoder.mlpackage", "cache-io",
+        tokens = transcribe_tokens(embeds[:, :, 0, :].transpose(0, 2, 1), folder / "TextDecoder.mlpackage", ArtifactKind.DECODER_CACHE_IO,
                                    ct2_base.dims, multilingual=True)
         expected = whisper.decode(openai_base_model, whisper.log_mel_spectrogram(audio), options)
         assert tokens and tokens == list(expected.tokens), clip.name
@@ -243,14 +243,14 @@ def loaded(name="base", repo_id=None) -> LoadedModel:
 def test_folder_name_rule():
     from wconv.plugins.openai_whisper.checkpoint import hub_repo_id_of_official
 
-    assert folder_name(loaded(repo_id=hub_repo_id_of_official("base")), Job(source="base")) == "openai_whisper-base"
+    assert WhisperKitLayout().folder(loaded(repo_id=hub_repo_id_of_official("base")), Job(source="base")) == "openai_whisper-base"
     assert hub_repo_id_of_official("turbo") == "openai/whisper-large-v3-turbo" and hub_repo_id_of_official("x.pt") is None
-    assert folder_name(loaded(repo_id="distil-whisper/distil-large-v3"), Job(source="x")) == "distil-whisper_distil-large-v3"
-    assert folder_name(loaded("my-finetune"), Job(source="my-finetune.pt")) == "my-finetune"
-    suffixed = Job(source="x", name="custom", options={"folder_suffix": "947MB"})
-    assert folder_name(loaded(repo_id="openai/whisper-base"), suffixed) == "custom_947MB"
+    assert WhisperKitLayout().folder(loaded(repo_id="distil-whisper/distil-large-v3"), Job(source="x")) == "distil-whisper_distil-large-v3"
+    assert WhisperKitLayout().folder(loaded("my-finetune"), Job(source="my-finetune.pt")) == "my-finetune"
+    suffixed = Job(source="x", name="custom", folder_suffix="947MB")
+    assert WhisperKitLayout().folder(loaded(repo_id="openai/whisper-base"), suffixed) == "custom_947MB"
     with pytest.raises(InputError, match="without '/'"):
-        folder_name(loaded(), Job(source="x", options={"folder_suffix": "a/b"}))
+        WhisperKitLayout().folder(loaded(), Job(source="x", folder_suffix="a/b"))
 
 
 @pytest.mark.parametrize("extra, option", [(["--decoder", "stateful"], "--decoder"), (["--audio-lengths", "1500,3000"], "--audio-lengths"),
@@ -273,7 +273,6 @@ def test_existing_folder_is_kept_without_force(base_folder, sample_dir):
 
 def test_mac_compile_step_compiles_each_model_beside_it(tmp_path, monkeypatch):
     """The macOS path with a stand-in ``xcrun`` on PATH that records its arguments and makes the .mlmodelc."""
-    from wconv.whisperkit import compile_models
 
     bin_dir, folder = tmp_path / "bin", tmp_path / "openai_whisper-base"
     bin_dir.mkdir()
@@ -282,7 +281,7 @@ def test_mac_compile_step_compiles_each_model_beside_it(tmp_path, monkeypatch):
     xcrun.write_text('#!/bin/sh\necho "$@" >> "$(dirname "$0")/calls"\nname=$(basename "$3" .mlpackage)\nmkdir "$4/$name.mlmodelc"\n')
     xcrun.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    compiled = compile_models(folder)
+    compiled = WhisperKitLayout().compile(folder, WhisperKitLayout().plan(loaded(), Job(source="x")))
     assert [path.name for path in compiled] == ["MelSpectrogram.mlmodelc", "AudioEncoder.mlmodelc", "TextDecoder.mlmodelc"]
     assert all(path.is_dir() and path.parent == folder for path in compiled)
     calls = (bin_dir / "calls").read_text().splitlines()
@@ -295,7 +294,7 @@ def test_a_failed_mac_compile_keeps_the_packages_and_says_how_to_retry(tmp_path,
 
     import wconv
     from wconv import pipeline
-    from wconv.samples import write_random_checkpoint
+    from wconv.tools.random_checkpoints import write_random_checkpoint
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import wconv
-from wconv.sources import hub_repo_id
 
 from .ct2_format import load_ct2_whisper
 
@@ -64,6 +63,6 @@ def wconv_load(job):
         reference_encoder=wconv.LazyEncoder(ct2.dims, ct2.state_dict),
         multilingual=ct2.is_multilingual,
         alignment_heads=ct2.alignment_heads,
-        repo_id=hub_repo_id(directory),
-        extra={"tokenizer_json": ct2.tokenizer_json},
+        repo_id=wconv.hub_repo_id(directory),
+        tokenizer_json=ct2.tokenizer_json,
     )

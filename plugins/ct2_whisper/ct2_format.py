@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from wconv.errors import InputError
+from wconv import InputError
 
 if TYPE_CHECKING:
     from whisper.model import ModelDimensions

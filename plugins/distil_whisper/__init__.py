@@ -5,8 +5,8 @@ the parent's. This family loads the distil checkpoint (a Transformers directory 
 the ``hf`` family), loads the parent (a known parent by name, or ``--parent``), proves that every
 encoder tensor is the same (per-tensor sha256 of the fp16 values), finds the parent's converted
 encoder (in the output directory or wconv's cache, by parent name and checkpoint sha256; if there
-is none it converts the parent once, through the parent's own family, into the cache) and has the
-pipeline link that package as ``ggml-<distil-name>-encoder.mlpackage``: no trace, no convert.
+is none it converts the parent once, through the parent's own family, into the cache) and offers it
+through ``wconv_reuse``: the pipeline links it as ``ggml-<distil-name>-encoder.mlpackage``, no trace, no convert.
 With ``--layout whisperkit`` the parent's ``AudioEncoder.mlpackage`` is linked when one was converted
 (its IO differs from whisper.cpp's encoder); else the distil's own encoder, the same tensors, is converted.
 The decoder side (ggml file, Core ML decoders) is the distil model's own. distil-large-v3.5, whose
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import wconv
 
-from .reuse import KNOWN_PARENTS, MAY_DIFFER, EncoderDiffers, parent_encoder_reuse, resolve_distil
+from .reuse import KNOWN_PARENTS, MAY_DIFFER, EncoderDiffers, load_parent, parent_encoder, resolve_distil
 
 ALIASES = ("distil-whisper",)
 KNOWN_MODELS = tuple(KNOWN_PARENTS)
@@ -34,12 +34,19 @@ def wconv_load(job):
     model = load_transformers(job=job.replace(source=distil.checkpoint, family="hf"))
     model.family = "distil"
     model.name = job.name or distil.name
-    if job.options.get("convert_own_encoder"):
+    if job.convert_own_encoder:
         return model
     try:
-        model.extra["reuse"] = parent_encoder_reuse(model, distil.parent, job)
+        model.parent = load_parent(model, distil.parent)
     except EncoderDiffers as e:
         if distil.name not in MAY_DIFFER:
             raise
-        model.extra["encoder_differs"] = str(e)  # known to vary between releases: convert its own encoder
+        model.provenance["encoder_differs"] = str(e)  # known to vary between releases: convert its own encoder
     return model
+
+
+@wconv.hookimpl
+def wconv_reuse(model, artifact, job):
+    if model.parent is None or artifact.kind is not wconv.ArtifactKind.ENCODER:
+        return None
+    return parent_encoder(model, artifact, job)

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 
-from wconv.artifacts import WHISPERKIT, io_specs, plan_artifacts
-from wconv.errors import InputError
-from wconv.job import Artifact, Job, LoadedModel
+import wconv
+from wconv import Artifact, ArtifactKind, InputError, Job, LoadedModel, Reuse
 
 KNOWN_PARENTS = {
     "distil-small.en": "small.en",
@@ -41,7 +40,7 @@ def resolve_distil(job: Job) -> DistilSource | None:
     from wconv.plugins.hf_whisper.checkpoint import artifact_name
 
     explicit = job.family is not None
-    parent = job.options.get("parent")
+    parent = job.parent
     key = job.source.rstrip("/").split("/")[-1]
     if explicit and f"distil-{key}" in KNOWN_PARENTS:
         key = f"distil-{key}"
@@ -81,72 +80,55 @@ def check_same_encoder_shape(model: LoadedModel, parent: LoadedModel) -> None:
                              "they cannot share an encoder; pass the right --parent")
 
 
-def io_contract(io) -> list[tuple]:
-    """Names, shapes and dtypes of an Artifact's or manifest entry's IO; enumerated shapes make it differ."""
-    inputs, outputs = io_specs(io)
-    return [(spec["name"], list(spec["shape"]), spec["dtype"], bool(spec.get("enumerated_shapes") or spec.get("enumerated_frames")))
-            for spec in (*inputs, *outputs)]
+def load_parent(model: LoadedModel, parent_source: str) -> LoadedModel:
+    """The parent checkpoint, once its encoder is proven to be ``model``'s, tensor by tensor."""
+    parent = wconv.load_source(parent_source)
+    check_same_encoder_shape(model, parent)
+    differing = first_differing_encoder_tensor(model.state_dict, parent.state_dict)
+    if differing:
+        raise EncoderDiffers(f"{model.name}'s encoder differs from {parent.name}'s at tensor {differing}: "
+                             "pass --convert-own-encoder to convert its own encoder")
+    return parent
 
 
 def find_converted_encoder(parent: LoadedModel, wanted: Artifact, folders: list[Path], job: Job) -> tuple[Path, dict] | tuple[None, None]:
     """An encoder of ``parent`` (same checkpoint sha256, min target and IO as ``wanted``, verified) in one of ``folders``."""
-    from wconv.manifest import manifests_in, read_manifest
-
     for folder in folders:
-        for candidate in manifests_in(folder):
-            manifest = read_manifest(candidate)
+        for candidate in wconv.manifests_in(folder):
+            manifest = wconv.read_manifest(candidate)
             if manifest.get("checkpoint_sha256") != parent.source_sha256:
                 continue
             if manifest["options"].get("min_target") != job.min_target or not all(c["passed"] for c in manifest["verify"]):
                 continue
             for entry in manifest["artifacts"]:
                 package = candidate.parent / entry["file"]
-                if entry["kind"] == "encoder" and io_contract(entry) == io_contract(wanted) and package.is_dir():
+                if entry["kind"] == ArtifactKind.ENCODER and Artifact.from_entry(entry).contract() == wanted.contract() and package.is_dir():
                     return package, manifest
     return None, None
 
 
 def parent_cache_dir(parent: LoadedModel) -> Path:
-    from wconv.sample import cache_dir
-
-    return cache_dir() / "encoders" / f"{parent.name}-{parent.source_sha256[:12]}"
+    return wconv.cache_dir() / "encoders" / f"{parent.name}-{parent.source_sha256[:12]}"
 
 
-def parent_encoder_reuse(model: LoadedModel, parent_source: str, job: Job) -> dict:
-    """Prove the encoders equal and return ``{artifact filename: reuse record}`` for the pipeline.
+def parent_encoder(model: LoadedModel, wanted: Artifact, job: Job) -> Reuse | None:
+    """The parent's converted encoder with ``wanted``'s IO, from the output or the cache.
 
-    The parent's encoder with the IO the job's layout needs is looked for in the output and the
-    cache; if there is none, the whisper.cpp layout converts the parent's once into the cache, and
-    WhisperKit's layout converts the distil's own (the same tensors: converting the parent's whole
-    folder would cost more), so the result is ``{}``.
+    If there is none, whisper.cpp's encoder is converted from the parent once, into the cache;
+    WhisperKit's AudioEncoder is not (converting the parent's whole folder would cost more than
+    converting the same tensors here), nor is an encoder with enumerated lengths: ``None`` then.
     """
-    from wconv.pipeline import run
-    from wconv.sources import load_source
-
-    parent = load_source(parent_source, None)
-    check_same_encoder_shape(model, parent)
-    differing = first_differing_encoder_tensor(model.state_dict, parent.state_dict)
-    if differing:
-        raise EncoderDiffers(f"{model.name}'s encoder differs from {parent.name}'s at tensor {differing}: "
-                         "pass --convert-own-encoder to convert its own encoder")
-    compared = sum(1 for name in model.state_dict if name.startswith("encoder."))
-    wanted = next(artifact for artifact in plan_artifacts(model, job) if artifact.kind == "encoder")
-    folders = [job.output, parent_cache_dir(parent)]
-    package, manifest = find_converted_encoder(parent, wanted, folders, job)
-    if package is None and job.options.get("layout") == WHISPERKIT:
-        return {}
+    parent = model.parent
+    package, manifest = find_converted_encoder(parent, wanted, [job.output, parent_cache_dir(parent)], job)
     if package is None:
-        parent_job = Job(source=parent.source, family=parent.family, output=parent_cache_dir(parent), min_target=job.min_target,
-                         verify=True, min_psnr=job.min_psnr, force=True, options={"target": "coreml"})
-        result = run(parent_job)
+        if wanted.channels_first or any(spec.get("enumerated_frames") for spec in wanted.inputs):
+            return None
+        result = wconv.convert(parent.source, family=parent.family, output=parent_cache_dir(parent), layout="coreml",
+                               min_target=job.min_target, min_psnr=job.min_psnr, force=True)
         package, manifest = result.paths[0], result.manifest
-    return {
-        wanted.filename: {
-            "path": str(package),
-            "parent": parent.name,
-            "parent_source": parent.source,
-            "parent_sha256": parent.source_sha256,
-            "encoder_tensors_compared": compared,
-            "parent_verify": manifest["verify"],
-        }
-    }
+    return Reuse(path=package, parent=parent.name, details={
+        "parent_source": parent.source,
+        "parent_sha256": parent.source_sha256,
+        "encoder_tensors_compared": sum(1 for name in model.state_dict if name.startswith("encoder.")),
+        "parent_verify": manifest["verify"],
+    })

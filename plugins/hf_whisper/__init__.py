@@ -14,7 +14,6 @@ overrides the rule.
 from __future__ import annotations
 
 import wconv
-from wconv.sources import hub_repo_id
 
 from .checkpoint import HFReferenceEncoder, read_checkpoint, resolve_source
 
@@ -43,6 +42,6 @@ def wconv_load(job):
         reference_encoder=HFReferenceEncoder(checkpoint.config, checkpoint.encoder_state),
         multilingual=checkpoint.dims.n_vocab >= 51865,
         alignment_heads=checkpoint.alignment_heads,
-        repo_id=hub_repo_id(directory),
-        extra={"tokenizer_json": checkpoint.tokenizer_json},  # whisper.cpp's ggml vocabulary
+        repo_id=wconv.hub_repo_id(directory),
+        tokenizer_json=checkpoint.tokenizer_json,
     )

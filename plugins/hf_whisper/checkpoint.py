@@ -17,11 +17,8 @@ from pathlib import Path
 
 import torch
 
-from wconv.errors import InputError
-from wconv.outputs import sha256_file
-from wconv.sources import hub_repo_id
-
-from wconv.hf_config import dims_from_config
+import wconv
+from wconv import InputError, sha256_file
 
 from .mapping import TIED_HEAD, TOKEN_EMBEDDING, hf_to_canonical, unsupported_settings
 
@@ -50,7 +47,7 @@ def artifact_name(repo_id: str) -> str:
 
 def repo_id_of(directory: Path) -> str:
     """The hub id of a snapshot in HF's cache (``models--org--name/snapshots/<commit>``), else the directory name."""
-    return hub_repo_id(directory) or directory.resolve().name
+    return wconv.hub_repo_id(directory) or directory.resolve().name
 
 
 def looks_like_hub_id(source: str) -> bool:
@@ -180,7 +177,7 @@ def read_checkpoint(directory: Path) -> HFCheckpoint:
     encoder_state = {name[len(prefix):]: tensor for name, tensor in hf_state.items() if name.startswith(prefix)}
     return HFCheckpoint(
         config=config,
-        dims=dims_from_config(config),
+        dims=wconv.dims_from_config(config),
         state_dict=state_dict,
         encoder_state=encoder_state,
         sha256=weights_sha256(files),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from wconv.hf_config import write_hf_configs
+from wconv import write_hf_configs
 
 from .mapping import canonical_to_hf
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from wconv.errors import InputError
-from wconv.outputs import sha256_file
+from wconv import InputError
+from wconv import sha256_file
 
 OFFICIAL_MODELS = (
     "tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",

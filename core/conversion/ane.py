@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConversionError
+from ..errors import ConversionError
 
 ANE_MAX_DIM = 16384  # the largest tensor dimension the Neural Engine loads (whisper.cpp, WhisperKit)
 

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from wconv.errors import InputError
+from ..errors import InputError
 
 GGML_MAGIC = 0x67676D6C
 QUANT_VERSION = 2  # GGML_QNT_VERSION: examples/quantize writes ftype + QUANT_VERSION * QUANT_VERSION_FACTOR

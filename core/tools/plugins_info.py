@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pluggy
 
-from .manager import family_names
-from .manifest import package_version
+from ..layouts import collect_layouts
+from ..manager import CORE_PLUGINS, family_names
+from ..manifest import package_version
 
 
 def describe_plugins(pm: pluggy.PluginManager, include_core: bool = False) -> list[dict]:
@@ -14,7 +15,7 @@ def describe_plugins(pm: pluggy.PluginManager, include_core: bool = False) -> li
     families = set(family_names(pm))
     rows = []
     for name, plugin in sorted(pm.list_name_plugin()):
-        if plugin is None or (name == "defaults" and not include_core):
+        if plugin is None or (name in CORE_PLUGINS and not include_core):
             continue
         dist = distributions.get(id(plugin))
         rows.append({
@@ -39,3 +40,9 @@ def describe_families(pm: pluggy.PluginManager) -> list[dict]:
             "known_models": list(getattr(plugin, "KNOWN_MODELS", ())),
         })
     return rows
+
+
+def describe_layouts(pm: pluggy.PluginManager) -> list[dict]:
+    """One row per registered layout: name, description and the plugin that registered it."""
+    return [{"name": name, "description": layout.description, "module": type(layout).__module__}
+            for name, layout in sorted(collect_layouts(pm).items())]

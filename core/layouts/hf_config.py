@@ -40,7 +40,7 @@ def write_hf_configs(directory: Path, dims, multilingual: bool, alignment_heads:
     """
     from transformers import GenerationConfig
 
-    from .decoding import get_tokenizer, suppressed_tokens
+    from ..runtime.decoding import get_tokenizer, suppressed_tokens
 
     tokenizer = get_tokenizer(dims, multilingual)
     token_settings = {

@@ -1,23 +1,19 @@
-"""What a job produces: the list of Core ML artifacts, their file names and IO contracts.
-
-File names, ``<name>`` being ``model.name``:
+"""The IO contracts of the Core ML artifacts the layouts are made of: names, shapes, dtypes, file names.
 
 * ``ggml-<name>-encoder.mlpackage`` (``-flex`` with enumerated lengths): whisper.cpp finds its
   encoder by this name beside ``ggml-<name>.bin``; pure Core ML hosts use it too;
 * ``<name>-decoder-stateful.mlpackage`` and ``<name>-decoder-cache-io.mlpackage`` (``--decoder``):
   pure Core ML text decoders, which no whisper.cpp build loads, hence no ``ggml-`` prefix;
-* with ``--layout whisperkit``: ``MelSpectrogram``, ``AudioEncoder`` and ``TextDecoder.mlpackage``,
-  the names WhisperKit looks for in its model folder (:mod:`wconv.whisperkit` names the folder).
+* WhisperKit's ``MelSpectrogram``, ``AudioEncoder`` and ``TextDecoder.mlpackage``, the names
+  WhisperKit looks for in its model folder.
 """
 
 from __future__ import annotations
 
-from .errors import InputError
-from .job import Artifact, Job, LoadedModel
+from ..job import Artifact, ArtifactKind, LoadedModel
 
 N_FRAMES = 3000  # 30 s of audio at whisper's 10 ms hop
 N_SAMPLES = 480000  # 30 s of 16 kHz audio
-WHISPERKIT = "whisperkit"  # --layout value: WhisperKit's model folder
 MEL_SPECTROGRAM, AUDIO_ENCODER, TEXT_DECODER = "MelSpectrogram", "AudioEncoder", "TextDecoder"  # WhisperKit's model names
 FP16_INPUTS_TARGET = "iOS16"  # Core ML takes fp16 inputs from iOS 16 / macOS 13: models with them need at least that
 MASKED = -1e4  # additive attention mask of a position not to attend to (WhisperKit's value; fp16-safe)
@@ -38,7 +34,7 @@ def whispercpp_encoder(model: LoadedModel, frames: tuple[int, ...] = (N_FRAMES,)
     dims = model.dims
     flexible = len(frames) > 1
     return Artifact(
-        kind="encoder",
+        kind=ArtifactKind.ENCODER,
         filename=encoder_filename(model.name, "-flex" if flexible else ""),
         inputs=[{"name": "logmel_data", "shape": [1, dims.n_mels, max(frames)], "dtype": "float32",
                  "enumerated_frames": sorted(frames) if flexible else None}],
@@ -82,7 +78,7 @@ def stateful_decoder(model: LoadedModel) -> Artifact:
     states = [{"name": kv_state_name(kind, layer), "shape": cache_shape, "dtype": "float16"}
               for layer in range(dims.n_text_layer) for kind in ("key", "value")]
     return Artifact(
-        kind="decoder-stateful",
+        kind=ArtifactKind.DECODER_STATEFUL,
         filename=decoder_filename(model.name, "stateful"),
         inputs=token_inputs() + [encoder_output_input(model)],
         outputs=[logits_output(model)],
@@ -108,7 +104,7 @@ def cache_io_decoder(model: LoadedModel, filename: str | None = None) -> Artifac
     if model.alignment_heads:
         outputs.append({"name": "alignment_heads_weights", "shape": [1, dims.n_audio_ctx], "dtype": "float16"})
     return Artifact(
-        kind="decoder-cache-io",
+        kind=ArtifactKind.DECODER_CACHE_IO,
         filename=filename or decoder_filename(model.name, "cache-io"),
         inputs=token_inputs() + [
             {"name": "key_cache", **cache},
@@ -122,7 +118,7 @@ def cache_io_decoder(model: LoadedModel, filename: str | None = None) -> Artifac
     )
 
 
-DECODERS = {"stateful": stateful_decoder, "cache-io": cache_io_decoder}
+DECODERS = {ArtifactKind.DECODER_STATEFUL: stateful_decoder, ArtifactKind.DECODER_CACHE_IO: cache_io_decoder}
 
 
 def mel_spectrogram(model: LoadedModel) -> Artifact:
@@ -133,7 +129,7 @@ def mel_spectrogram(model: LoadedModel) -> Artifact:
     WhisperKit runs it on the GPU, where fp32 is native.
     """
     return Artifact(
-        kind="melspectrogram",
+        kind=ArtifactKind.MEL_SPECTROGRAM,
         filename=f"{MEL_SPECTROGRAM}.mlpackage",
         inputs=[{"name": "audio", "shape": [N_SAMPLES], "dtype": "float16"}],
         outputs=[{"name": "melspectrogram_features", "shape": [1, model.dims.n_mels, 1, N_FRAMES], "dtype": "float16"}],
@@ -145,60 +141,9 @@ def whisperkit_encoder(model: LoadedModel) -> Artifact:
     """WhisperKit's AudioEncoder: fp16 ``melspectrogram_features (1, n_mels, 1, 3000)`` -> ``encoder_output_embeds``."""
     dims = model.dims
     return Artifact(
-        kind="encoder",
+        kind=ArtifactKind.ENCODER,
         filename=f"{AUDIO_ENCODER}.mlpackage",
         inputs=[{"name": "melspectrogram_features", "shape": [1, dims.n_mels, 1, N_FRAMES], "dtype": "float16"}],
         outputs=[encoder_output_input(model)],
         options={"min_target": FP16_INPUTS_TARGET},
     )
-
-
-def io_specs(io: Artifact | dict) -> tuple[list[dict], list[dict]]:
-    """(inputs, outputs) of an Artifact or of a manifest's artifact entry."""
-    return (io.inputs, io.outputs) if isinstance(io, Artifact) else (io["inputs"], io["outputs"])
-
-
-def channels_first_encoder(io: Artifact | dict) -> bool:
-    """Does this encoder take ``(1, n_mels, 1, frames)`` and give ``(1, D, 1, 1500)`` (WhisperKit's layout)?"""
-    return len(io_specs(io)[1][0]["shape"]) == 4
-
-
-LAYOUTS = ("whispercpp", WHISPERKIT)
-
-
-def check_layout_options(job: Job) -> None:
-    """Refuse, before anything is loaded, options that belong to another layout than the job's."""
-    layout = job.options.get("layout", "whispercpp")
-    if layout not in LAYOUTS:
-        raise InputError(f"unknown layout '{layout}': choose one of {', '.join(LAYOUTS)}")
-    if layout != WHISPERKIT:
-        if job.options.get("folder_suffix"):
-            raise InputError("--folder-suffix names WhisperKit's folder: add --layout whisperkit, or drop it")
-        return
-    for option, given in (("--decoder", job.options.get("decoder")), ("--audio-lengths", job.audio_lengths),
-                          ("--ggml-type", job.options.get("ggml_type", "f16") != "f16")):
-        if given:
-            raise InputError(f"{option} does not apply to --layout whisperkit (fixed 30 s shapes, cache-io TextDecoder, "
-                             "no ggml file): drop it, or use the default layout")
-
-
-def whisperkit_plan(model: LoadedModel) -> list[Artifact]:
-    """The three models of WhisperKit's folder."""
-    return [mel_spectrogram(model), whisperkit_encoder(model), cache_io_decoder(model, f"{TEXT_DECODER}.mlpackage")]
-
-
-def plan_artifacts(model: LoadedModel, job: Job) -> list[Artifact]:
-    """Every Core ML artifact this job writes, in conversion order."""
-    if job.options.get("layout") == WHISPERKIT:
-        return whisperkit_plan(model)
-    plan = [whispercpp_encoder(model)]
-    if job.audio_lengths:
-        if N_FRAMES not in job.audio_lengths:
-            raise InputError(f"--audio-lengths must include {N_FRAMES} (the 30 s window whisper.cpp always feeds), e.g. 1500,{N_FRAMES}")
-        plan.append(whispercpp_encoder(model, tuple(job.audio_lengths)))
-    variant = job.options.get("decoder")
-    if variant:
-        if variant not in DECODERS:
-            raise InputError(f"unknown decoder '{variant}': choose one of {', '.join(DECODERS)}")
-        plan.append(DECODERS[variant](model))
-    return plan

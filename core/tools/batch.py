@@ -39,12 +39,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .api import OPTION_NAMES, build_job
-from .errors import InputError, WconvError
-from .job import EXTRA_DEFAULTS, Job
-from .manifest import manifests_in, read_manifest
-from .outputs import STAGING_PREFIX, sha256_file
-from .pipeline import Result, StageReporter, run
+from ..api import OPTION_NAMES, build_job
+from ..console import StageReporter, quiet_libraries
+from ..errors import InputError, WconvError
+from ..files import STAGING_PREFIX, sha256_file
+from ..job import JOB_DEFAULTS, Job
+from ..manifest import manifests_in, read_manifest
+from ..pipeline import Result, run
 
 
 def is_string(value) -> bool:
@@ -170,8 +171,6 @@ class StageForwarder(StageReporter):
 
 def work(batch_job: BatchJob, connection) -> None:
     """Child process entry: send ("stage", label) messages, then ("outcome", Outcome)."""
-    from .cli import quiet_libraries
-
     quiet_libraries()
     os.chdir(batch_job.folder)
     sys.path.insert(0, str(batch_job.folder))
@@ -195,7 +194,7 @@ def execute(batch_job: BatchJob, send_stage: Callable[[str], None]) -> Outcome:
         current = next((manifest for manifest in earlier if is_up_to_date(job, manifest)), None)
         if current:
             return outcome_of_manifest(batch_job, current)
-    from .manager import get_plugin_manager
+    from ..manager import get_plugin_manager
 
     pm = get_plugin_manager(extra=[import_plugin(name) for name in batch_job.plugins])
     result = run(job.replace(force=job.force or bool(earlier)), pm, StageForwarder(send_stage))
@@ -223,12 +222,22 @@ def earlier_manifests(job: Job) -> list[dict]:
 def is_up_to_date(job: Job, manifest: dict) -> bool:
     """Whether ``manifest`` records what ``job`` would produce now, with every artifact in place
     (and verified, if the job verifies)."""
-    recorded = {**EXTRA_DEFAULTS, **manifest["options"]}  # manifests older than an option lack its default
-    return (recorded == json.loads(json.dumps({**EXTRA_DEFAULTS, **job.describe_options()}, default=str))
+    return (recorded_options(manifest) == json.loads(json.dumps(job.describe_options(), default=str))
             and (bool(manifest["verify"]) or not job.verify)
             and all(check["passed"] for check in manifest["verify"])
             and all((Path(manifest["_path"]).parent / entry["file"]).exists() for entry in manifest["artifacts"])
             and source_unchanged(Path(job.source), manifest, job.output))
+
+
+def recorded_options(manifest: dict) -> dict:
+    """The options a manifest records, as :meth:`Job.describe_options` would give them now.
+
+    Manifests older than an option lack its default; before ``--layout coreml`` it was ``--target coreml``.
+    """
+    recorded = {name: JOB_DEFAULTS[name] for name in ("layout", "ggml_type")} | manifest["options"]
+    if recorded.pop("target", None) == "coreml":
+        recorded["layout"] = "coreml"
+    return recorded
 
 
 def source_unchanged(source: Path, manifest: dict, output: Path) -> bool:

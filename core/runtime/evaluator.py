@@ -34,7 +34,7 @@ from unittest import mock
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .errors import InputError, UnsupportedOpError
+from ..errors import InputError, UnsupportedOpError
 
 Kernel = Callable[[dict[str, Any]], Any]
 

@@ -7,7 +7,7 @@
 
 Both write the step's keys and values into the cache by blending with a one-hot mask over the
 positions (elementwise, ANE-friendly, no scatter) and attend over the whole fixed-length cache,
-later positions masked with -1e4. Their IO contracts are in :mod:`wconv.artifacts`.
+later positions masked with -1e4. Their IO contracts are in :mod:`wconv.layouts.contracts`.
 
 Cross-attention keys and values are recomputed from the encoder output at every step, not
 computed once per audio by an extra "cross-kv" model. Measured with ``benchmarks/decode.py`` (base,
@@ -26,8 +26,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..job import ArtifactKind
+from ..layouts.contracts import MASKED, kv_state_name
 from .ane import TextDecoder, load_canonical
-from .artifacts import MASKED, kv_state_name
 
 
 def write_at(cache: torch.Tensor, new: torch.Tensor, write_mask: torch.Tensor) -> torch.Tensor:
@@ -39,7 +40,7 @@ class StatefulDecoder(nn.Module):
     """``(input_ids, cache_length, encoder_output_embeds) -> logits (1, 1, n_vocab)``, the cache in buffers.
 
     The buffers are float32 so the PyTorch module is an exact reference; Core ML keeps them as
-    fp16 states named by :func:`wconv.artifacts.kv_state_name`.
+    fp16 states named by :func:`wconv.layouts.contracts.kv_state_name`.
     """
 
     def __init__(self, dims):
@@ -112,13 +113,14 @@ class CacheIODecoder(nn.Module):
         return outputs + (torch.cat(heads, dim=2).mean(dim=2).view(1, -1),)
 
 
-def build_decoder(kind: str, dims, state_dict: dict, alignment_heads=None) -> nn.Module:
-    """The fp32 decoding-step module of an artifact kind, loaded from a canonical state dict."""
-    if kind == "decoder-stateful":
-        module = StatefulDecoder(dims)
-    elif kind == "decoder-cache-io":
-        module = CacheIODecoder(dims, alignment_heads)
-    else:
-        raise ValueError(f"no decoder for artifact kind '{kind}'")
+STEP_MODULES = {
+    ArtifactKind.DECODER_STATEFUL: lambda dims, alignment_heads: StatefulDecoder(dims),
+    ArtifactKind.DECODER_CACHE_IO: CacheIODecoder,
+}
+
+
+def build_decoder(kind: ArtifactKind | str, dims, state_dict: dict, alignment_heads=None) -> nn.Module:
+    """The fp32 decoding-step module of a decoder artifact kind, loaded from a canonical state dict."""
+    module = STEP_MODULES[ArtifactKind(kind)](dims, alignment_heads)
     load_canonical(module.decoder, state_dict, "decoder.")
     return module.eval()

@@ -14,9 +14,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .artifacts import MASKED
-from .errors import InputError
-from .verify import load_artifact
+from ..job import ArtifactKind
+from ..layouts.contracts import MASKED
+from .run import load_artifact
 
 StepFunction = Callable[[int, int], np.ndarray]  # (token, position) -> logits (n_vocab,)
 
@@ -78,13 +78,15 @@ class CacheIOSteps:
         return outputs["logits"].reshape(-1)
 
 
-def decoder_steps(variant: str, model, encoder_output_embeds: np.ndarray, dims) -> StepFunction:
-    """The step function of a loaded ``stateful`` or ``cache-io`` decoder for one encoder output ``(1, D, 1, n_audio_ctx)``."""
-    if variant == "stateful":
-        return StatefulSteps(model, encoder_output_embeds)
-    if variant == "cache-io":
-        return CacheIOSteps(model, encoder_output_embeds, dims)
-    raise InputError(f"unknown decoder variant '{variant}': stateful or cache-io")
+STEPS = {
+    ArtifactKind.DECODER_STATEFUL: lambda model, encoder_output_embeds, dims: StatefulSteps(model, encoder_output_embeds),
+    ArtifactKind.DECODER_CACHE_IO: CacheIOSteps,
+}
+
+
+def decoder_steps(kind: ArtifactKind | str, model, encoder_output_embeds: np.ndarray, dims) -> StepFunction:
+    """The step function of a loaded decoder of ``kind`` for one encoder output ``(1, D, 1, n_audio_ctx)``."""
+    return STEPS[ArtifactKind(kind)](model, encoder_output_embeds, dims)
 
 
 def greedy_decode(step: StepFunction, prompt_tokens: Sequence[int], eot: int, max_tokens: int, n_text_ctx: int,
@@ -127,17 +129,17 @@ def suppressed_tokens(tokenizer) -> list[int]:
     return sorted(set(tokenizer.non_speech_tokens) | set(special))
 
 
-def transcribe_tokens(encoder_output: np.ndarray, decoder_path: Path, variant: str, dims, multilingual: bool,
+def transcribe_tokens(encoder_output: np.ndarray, decoder_path: Path, kind: ArtifactKind | str, dims, multilingual: bool,
                       language: str = "en", method: str | None = None) -> list[int]:
     """Greedy text tokens (no timestamps, no end-of-text) for one encoder output.
 
     ``encoder_output`` is whisper.cpp's encoder output ``(1, n_audio_ctx, D)`` float32;
-    ``decoder_path`` a saved ``stateful`` or ``cache-io`` decoder; ``dims`` the model's
+    ``decoder_path`` a saved decoder of ``kind``; ``dims`` the model's
     ``whisper.model.ModelDimensions``; ``language`` is ignored by English-only models; ``method``
-    how to run the decoder (see :func:`wconv.verify.platform_methods`; default: this machine's first).
+    how to run the decoder (see :func:`wconv.runtime.run.platform_methods`; default: this machine's first).
     """
     tokenizer = get_tokenizer(dims, multilingual, language)
-    step = decoder_steps(variant, load_artifact(decoder_path, method), channels_first(encoder_output), dims)
+    step = decoder_steps(kind, load_artifact(decoder_path, method), channels_first(encoder_output), dims)
     return greedy_decode(
         step, tokenizer.sot_sequence_including_notimestamps, tokenizer.eot, max_tokens=dims.n_text_ctx // 2,
         n_text_ctx=dims.n_text_ctx, suppress_tokens=suppressed_tokens(tokenizer),

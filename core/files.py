@@ -1,17 +1,16 @@
-"""Write artifacts so that nothing is lost: stage in a temp dir beside the output, rename at the end;
-compile them to ``.mlmodelc`` on macOS."""
+"""Files: staging beside the output and renaming at the end (nothing is lost), hard links, sha256,
+wconv's cache folder."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import ConversionError, InputError
+from .errors import InputError
 
 STAGING_PREFIX = ".wconv-staging-"
 
@@ -78,21 +77,21 @@ def link_or_copy(source: str, target: str) -> None:
 
 
 def link_tree(source: Path, target: Path) -> None:
-    """Re-use a converted package under a new name: its files hard-linked (or copied) into ``target``."""
-    shutil.copytree(source, target, copy_function=link_or_copy)
+    """Re-use a converted package (or a file) under a new name: its files hard-linked (or copied) into ``target``."""
+    if Path(source).is_dir():
+        shutil.copytree(source, target, copy_function=link_or_copy)
+    else:
+        link_or_copy(str(source), str(target))
 
 
-def compile_command(package: Path, destination: Path) -> list[str]:
-    return ["xcrun", "coremlcompiler", "compile", str(package), str(destination)]
+def cache_dir() -> Path:
+    """wconv's cache: ``$WCONV_CACHE_DIR``, else ``$XDG_CACHE_HOME/wconv``, else ``~/.cache/wconv``."""
+    if explicit := os.getenv("WCONV_CACHE_DIR"):
+        return Path(explicit)
+    return Path(os.getenv("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))) / "wconv"
 
 
-def compile_package(package: Path) -> Path:
-    """macOS: compile an ``.mlpackage`` to the ``.mlmodelc`` beside it (Xcode's coremlcompiler)."""
-    if shutil.which("xcrun") is None:
-        raise ConversionError("xcrun not found: install the full Xcode (not only the command line tools) to compile .mlmodelc")
-    done = subprocess.run(compile_command(package, package.parent), capture_output=True, text=True)
-    if done.returncode != 0:
-        first = (done.stderr or done.stdout).strip().splitlines()[:1]
-        raise ConversionError(f"xcrun coremlcompiler failed for {package.name}: {first[0] if first else done.returncode} "
-                              "(is the full Xcode installed and selected with xcode-select?)")
-    return package.with_suffix(".mlmodelc")
+def tree_size(path: Path) -> int:
+    """Bytes of the files under ``path`` (a package), or of the file itself."""
+    path = Path(path)
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

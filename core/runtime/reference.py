@@ -3,6 +3,8 @@ and the host-side decoder for ``wconv transcribe`` when no Core ML decoder was c
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def whisper_model(dims, state_dict: dict, alignment_heads: list | None = None):
     """An fp32 ``whisper.model.Whisper`` loaded strictly from a canonical state dict."""
@@ -42,3 +44,13 @@ class LazyEncoder:
             self._encoder = encoder.eval()
         with torch.no_grad():
             return self._encoder(mel.float())
+
+
+def reference_tokens(model, features: np.ndarray, language: str | None) -> list[int]:
+    """openai-whisper's greedy tokens (fp32, no timestamps) for an encoder output ``(1, n_audio_ctx, D)``."""
+    import torch
+    import whisper
+
+    options = whisper.DecodingOptions(language=language, without_timestamps=True, fp16=False, temperature=0.0)
+    result = whisper.decode(model, torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), options)
+    return list(result[0].tokens if isinstance(result, list) else result.tokens)

@@ -1,0 +1,50 @@
+"""What wconv shows on the terminal: each pipeline stage with rich, and libraries kept quiet."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+
+STDERR = Console(stderr=True)
+
+
+class StageReporter:
+    """Shows each stage on stderr with rich: a spinner while it runs, its time when done.
+
+    A pipeline run inside a stage (distil converting its parent) prints its stages without a
+    second spinner: rich allows one live display per console.
+    """
+
+    active = 0
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or STDERR
+
+    def run(self, label: str, call, **kwargs):
+        started = time.perf_counter()
+        StageReporter.active += 1
+        try:
+            if StageReporter.active == 1:
+                with self.console.status(f"[bold]{label}[/bold] …"):
+                    result = call(**kwargs)
+            else:
+                result = call(**kwargs)
+        finally:
+            StageReporter.active -= 1
+        self.console.print(f"[green]✓[/green] {label} [dim]({time.perf_counter() - started:.1f} s)[/dim]")
+        return result
+
+
+def quiet_libraries() -> None:
+    """coremltools logs missing macOS runtimes at import and draws progress bars: keep stderr to wconv's lines."""
+    import logging
+    import os
+    import warnings
+
+    if "--debug" in sys.argv:
+        return
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")

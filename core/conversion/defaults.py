@@ -1,0 +1,151 @@
+"""Core's default conversion stages: an ordinary plugin whose hooks are all ``trylast``.
+
+trace: map the canonical weights onto the shared ANE modules and run ``torch.export``.
+convert: ``ct.convert`` to an fp16 ML program with the artifact's IO contract.
+postprocess: metadata and IO descriptions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..hookspecs import hookimpl
+from ..job import Artifact, ArtifactKind, Job, LoadedModel
+from . import ane, steps
+
+IO_DESCRIPTIONS = {
+    "logmel_data": "log-mel spectrogram (1, n_mels, frames), float32, as whisper.cpp computes it",
+    "output": "encoder hidden states (1, frames/2, n_state), float32",
+    "audio": "30 s of 16 kHz mono samples in [-1, 1], zero-padded",
+    "melspectrogram_features": "log-mel spectrogram (1, n_mels, 1, 3000), as openai-whisper's log_mel_spectrogram",
+    "input_ids": "token id of this decoding step",
+    "cache_length": "position of this token: the number of tokens decoded before it",
+    "encoder_output_embeds": "encoder output (1, n_state, 1, 1500), fp16 (the encoder's (1, 1500, n_state) transposed)",
+    "key_cache": "every layer's self-attention keys, concatenated on dim 1",
+    "value_cache": "every layer's self-attention values, concatenated on dim 1",
+    "kv_cache_update_mask": "one-hot: 1 at this token's position",
+    "decoder_key_padding_mask": "additive: 0 at positions 0..cache_length, -1e4 after",
+    "logits": "next-token logits",
+    "key_cache_updates": "this token's keys, to write into key_cache at cache_length",
+    "value_cache_updates": "this token's values, to write into value_cache at cache_length",
+    "alignment_heads_weights": "cross-attention weights averaged over the alignment heads",
+}
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32}
+
+
+MODULE_BUILDERS = {
+    ArtifactKind.MEL_SPECTROGRAM: lambda model, artifact: ane.LogMelSpectrogram(model.dims.n_mels).eval(),
+    ArtifactKind.ENCODER: lambda model, artifact: ane.build_encoder(model.dims, model.state_dict, channels_first_output=artifact.channels_first),
+    **{kind: lambda model, artifact: steps.build_decoder(artifact.kind, model.dims, model.state_dict, model.alignment_heads)
+       for kind in steps.STEP_MODULES},
+}
+
+
+def build_module(model: LoadedModel, artifact: Artifact):
+    """The fp32 ANE PyTorch module for an artifact kind, loaded with the model's weights."""
+    return MODULE_BUILDERS[artifact.kind](model, artifact)
+
+
+def example_inputs(artifact: Artifact) -> tuple:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = []
+    for spec in artifact.inputs:
+        if spec["dtype"].startswith("int"):
+            tensors.append(torch.zeros(spec["shape"], dtype=torch.int32))
+        else:
+            tensors.append(torch.randn(spec["shape"], generator=generator))
+    return tuple(tensors)
+
+
+def dynamic_shapes(artifact: Artifact):
+    """torch.export dims for inputs with enumerated frame counts (None: everything static)."""
+    from torch.export import Dim
+
+    specs = [spec.get("enumerated_frames") for spec in artifact.inputs]
+    if not any(specs):
+        return None
+    shapes = []
+    for frames in specs:
+        if frames:
+            half = Dim("half_frames", min=min(frames) // 2, max=max(frames) // 2)
+            shapes.append({2: 2 * half})
+        else:
+            shapes.append(None)
+    return tuple(shapes)
+
+
+@hookimpl(trylast=True)
+def wconv_trace(model, artifact):
+    import torch
+
+    module = build_module(model, artifact)
+    with torch.no_grad():
+        exported = torch.export.export(module, example_inputs(artifact), dynamic_shapes=dynamic_shapes(artifact))
+        return exported.run_decompositions({})
+
+
+def tensor_type(spec: dict):
+    import coremltools as ct
+
+    dtype = NUMPY_DTYPES[spec["dtype"]]
+    frames = spec.get("enumerated_frames")
+    if frames:
+        shapes = [tuple(spec["shape"][:-1]) + (n,) for n in frames]
+        shape = ct.EnumeratedShapes(shapes=shapes, default=tuple(spec["shape"]))
+    else:
+        shape = tuple(spec["shape"])
+    return ct.TensorType(name=spec["name"], shape=shape, dtype=dtype)
+
+
+def artifact_target(artifact: Artifact, job: Job) -> str:
+    """The deployment target an artifact is converted for: the job's, raised to what the artifact needs."""
+    import coremltools as ct
+
+    return max(job.min_target, artifact.options.get("min_target", job.min_target), key=lambda name: getattr(ct.target, name))
+
+
+@hookimpl(trylast=True)
+def wconv_convert(traced, artifact, job):
+    import coremltools as ct
+
+    target = getattr(ct.target, artifact_target(artifact, job))
+    states = [ct.StateType(wrapped_type=ct.TensorType(shape=spec["shape"], dtype=NUMPY_DTYPES[spec["dtype"]]), name=spec["name"])
+              for spec in artifact.options.get("states", [])]
+    return ct.convert(
+        traced,
+        convert_to="mlprogram",
+        inputs=[tensor_type(spec) for spec in artifact.inputs],
+        outputs=[ct.TensorType(name=spec["name"], dtype=np.float32 if spec["dtype"] == "float32" else np.float16)
+                 for spec in artifact.outputs],
+        states=states or None,
+        compute_precision=getattr(ct.precision, artifact.options.get("compute_precision", "float16").upper()),
+        minimum_deployment_target=target,
+        skip_model_load=True,
+    )
+
+
+@hookimpl(trylast=True)
+def wconv_postprocess(mlmodel, model, artifact, job):
+    from ..manifest import package_version
+
+    mlmodel.author = "wconv"
+    precision = "fp32 compute, fp16 IO" if artifact.options.get("compute_precision") == "float32" else "ANE-optimized, fp16"
+    mlmodel.short_description = f"Whisper {model.name} {artifact.kind} ({precision}), converted by wconv from {model.family}:{job.source}"
+    mlmodel.version = package_version("wconv") or ""
+    mlmodel.user_defined_metadata.update({
+        "wconv.family": model.family,
+        "wconv.source": job.source,
+        "wconv.checkpoint_sha256": model.source_sha256,
+        "wconv.dims": json.dumps(model.dims.__dict__),
+    })
+    for spec in artifact.inputs:
+        if spec["name"] in IO_DESCRIPTIONS:
+            mlmodel.input_description[spec["name"]] = IO_DESCRIPTIONS[spec["name"]]
+    for spec in artifact.outputs:
+        if spec["name"] in IO_DESCRIPTIONS:
+            mlmodel.output_description[spec["name"]] = IO_DESCRIPTIONS[spec["name"]]
