@@ -30,6 +30,7 @@ WEIGHT_CONSUMERS = {"conv": "weight", "linear": "weight", "matmul": "y", "conv_t
 ALSO_ALLOWED_CONSUMERS = {"gather"}  # the tied token embedding: a look-up table and the logits kernel
 SPEC_VERSIONS = {"iOS15": 6, "iOS16": 7, "iOS17": 8, "iOS18": 9}
 FP16 = (None, 16)
+EMBEDDING_MIN_BITS = 8  # uniform specs keep the token embedding (also the logits' projection) at least this wide
 
 
 def _input_error(message: str):
@@ -79,6 +80,13 @@ def _is_weight_const(op, min_elements: int) -> bool:
         elif child.op_type not in ALSO_ALLOWED_CONSUMERS:
             return False
     return as_weight
+
+
+def embedding_tables(program) -> set[str]:
+    """The compressible consts a ``gather`` reads: the token embedding, whose rows are also the logits' projection."""
+    return {name for name in compressible_weights(program)
+            if any(child.op_type == "gather" for op in _main_function(program).operations if op.name == name
+                   for child in op.outputs[0].child_ops)}
 
 
 def compressible_weights(mlmodel_or_program, min_elements: int = MIN_ELEMENTS) -> dict[str, tuple[int, ...]]:
@@ -189,22 +197,32 @@ def _palettizer(bits: int, group_size: int | None, workers: int):
                                   num_kmeans_workers=workers, **extra)
 
 
+def _int8():
+    import coremltools.optimize.coreml as cto
+
+    return cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=0)
+
+
 def layer_configs(spec: CompressionSpec, weights: dict[str, tuple], recipe: dict[str, Any] | None = None,
-                  group_size: int | None = None, workers: int = 1) -> dict[str, Any]:
-    """``op_name_configs`` for :func:`compress`: MIL const name -> coremltools op config (None: keep fp16)."""
+                  group_size: int | None = None, workers: int = 1, embeddings: set[str] = frozenset()) -> dict[str, Any]:
+    """``op_name_configs`` for :func:`compress`: MIL const name -> coremltools op config (None: keep fp16).
+
+    Uniform specs below 8 bits keep the token ``embeddings`` at 8 bits (int8 for int4, an 8-bit
+    palette for palettes): those rows are also the projection that makes the logits, and at 6 bits
+    they alone flip tokens of Whisper base. A mixed recipe gives them what their sensitivity asks.
+    """
     import coremltools.optimize.coreml as cto
 
     if spec.method == "int8":
-        config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
-                                             weight_threshold=0)
-        return {name: config for name in weights}
+        return {name: _int8() for name in weights}
     if spec.method == "int4":
         config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
                                              block_size=INT4_BLOCK_SIZE, weight_threshold=0)
-        return {name: config for name in weights}
+        return {name: _int8() if name in embeddings else config for name in weights}
     if spec.method == "palette":
         config = _palettizer(spec.bits, spec.group_size, workers)
-        return {name: config for name in weights}
+        widest = _palettizer(max(spec.bits, EMBEDDING_MIN_BITS), spec.group_size, workers)
+        return {name: widest if name in embeddings else config for name in weights}
     if recipe is None:
         raise ValueError(f"--compress {spec.text} needs a recipe (wconv.compress.mixed.search)")
     configs = {}
@@ -277,7 +295,7 @@ def compress(mlmodel, spec: CompressionSpec | str, recipe: dict[str, Any] | None
     weights = compressible_weights(program)
     if recipe is not None:
         recipe = resolve_recipe(recipe, weights, state_dict, program, source)
-    configs = layer_configs(spec, weights, recipe, group_size, workers)
+    configs = layer_configs(spec, weights, recipe, group_size, workers, embedding_tables(program))
     if not configs:
         return mlmodel
     config = cto.OptimizationConfig(global_config=None, op_name_configs=configs)

@@ -14,7 +14,7 @@ import json
 from ..console import STDERR
 from ..hookspecs import hookimpl
 from ..job import Artifact, ArtifactKind, Job, LoadedModel
-from .apply import compress
+from .apply import EMBEDDING_MIN_BITS, compress, embedding_tables, mil_program
 from .specs import CompressionSpec, parse_spec
 
 METADATA_KEY = "wconv.compression"
@@ -31,6 +31,8 @@ def wconv_compress(mlmodel, model, artifact, job):
     recipe = search_recipe(mlmodel, model, artifact, job, spec) if spec.method == "mixed" else None
     compressed = compress(mlmodel, spec, recipe, state_dict=model.state_dict)
     record = {"spec": spec.text, "method": spec.method}
+    if spec.method in ("palette", "int4") and spec.bits < EMBEDDING_MIN_BITS and embedding_tables(mil_program(mlmodel)):
+        record["token_embedding_bits"] = EMBEDDING_MIN_BITS
     if recipe is not None or spec.method == "recipe":
         record["recipe"] = recipe or json.loads(spec.recipe_path.read_text())
     if artifact.kind is ArtifactKind.DECODER_STATEFUL and uses_4bit_palettes(spec, record.get("recipe")):
