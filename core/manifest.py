@@ -68,9 +68,15 @@ def build_manifest(model: LoadedModel, job: Job, artifacts: list[dict], checks: 
         },
         "artifacts": artifacts,
         "verify": [check.to_dict() for check in checks],
+        "verify_input": verify_input_name(job.verify_input),
         **({"reused": reused} if reused else {}),
         **model.provenance,
     }
+
+
+def verify_input_name(path: Path | None) -> str | None:
+    """How a manifest names what its checks ran on: the absolute path of ``--verify-input``, None for the bundled clip."""
+    return str(Path(path).resolve()) if path else None
 
 
 def write_manifest(path: Path, manifest: dict) -> None:

@@ -128,7 +128,8 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
                                                                path=before / what, model=model, artifact=artifact, job=job))
             if was_compressed:
                 entry["compression"] = compression_entry(work / what, before / what, artifact_checks, uncompressed_checks)
-                names.extend(name for name in [entry["compression"].get("recipe_file")] if name)
+                if recipe_file := entry["compression"].get("recipe_file"):
+                    names.append(recipe_file)
             described.append(entry)
         extra = reporter.run(f"write {layout.name} files", layout.write_extra_files, model=model, job=job, folder=work)
         described.extend(extra)

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
@@ -12,9 +13,14 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path):
     subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", tmp_path / "dist", ROOT],
                    check=True, capture_output=True)
     (wheel,) = (tmp_path / "dist").glob("wconv-*.whl")
-    # System site-packages provide the heavy dependencies (torch, coremltools); wconv itself comes from the wheel.
-    venv.create(tmp_path / "venv", system_site_packages=True, with_pip=True)
+    # The running environment (a venv or not) provides the heavy dependencies (torch, coremltools) through a
+    # .pth line; its own .pth files (an editable wconv among them) are not read that way: wconv comes from the wheel.
+    venv.create(tmp_path / "venv", with_pip=True)
     python = tmp_path / "venv" / "bin" / "python"
+    site_packages = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                   check=True, capture_output=True, text=True).stdout.strip()
+    outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(site_packages) / "outer-environment.pth").write_text("\n".join(sorted(outer)) + "\n")
     subprocess.run([python, "-m", "pip", "install", "--no-deps", "--quiet", wheel], check=True, capture_output=True)
     wconv = tmp_path / "venv" / "bin" / "wconv"
 

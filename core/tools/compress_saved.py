@@ -3,7 +3,8 @@
 The output folder (``-o``, default ``<folder>-<spec>`` beside the packages' folder) receives
 everything the packages' manifest lists, hard-linked, with the named packages replaced by their
 compressed versions, each verified side by side with the package it came from against the
-manifest's source (or ``--against``), and a manifest that says so.
+manifest's source (or ``--against``; the package's own checks are taken from its manifest when they
+ran on the same input), and a manifest that says so.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from ..compress.specs import parse_spec
 from ..console import StageReporter
 from ..errors import InputError, VerificationError
 from ..files import link_tree, publish, refuse_to_overwrite, staging_dir
-from ..job import Artifact, ArtifactKind, Job
+from ..job import Artifact, ArtifactKind, Check, Job
 from ..manager import FamilyHooks, get_plugin_manager
-from ..manifest import describe_io, manifest_filename, write_manifest
+from ..manifest import describe_io, manifest_filename, verify_input_name, write_manifest
 from ..pipeline import Result, call_stage, flatten_checks, save_model
 from ..sources import load_source
 from ..verify.saved import manifest_entry_for
@@ -93,8 +94,9 @@ def compress_saved(packages: list[Path], compress: str, output: Path | None = No
             reporter.run(f"save {path.name}", save_model, mlmodel=smaller, path=work / path.name)
             after = flatten_checks(reporter.run(f"verify {path.name}", call_stage, stage="verify", caller=hooks.wconv_verify,
                                                 path=work / path.name, model=model, artifact=artifact, job=job))
-            before = flatten_checks(reporter.run(f"verify {path.name} uncompressed", call_stage, stage="verify",
-                                                 caller=hooks.wconv_verify, path=path, model=model, artifact=artifact, job=job))
+            before = recorded_checks(manifest, path.name, verify_input) or flatten_checks(reporter.run(
+                f"verify {path.name} uncompressed", call_stage, stage="verify", caller=hooks.wconv_verify, path=path,
+                model=model, artifact=artifact, job=job))
             record = compression_entry(work / path.name, path, after, before)
             entries[path.name] = {**entry, **describe_io(work / path.name), "compression": record}
             new_checks.extend(after)
@@ -111,6 +113,13 @@ def compress_saved(packages: list[Path], compress: str, output: Path | None = No
     if failed:
         raise VerificationError(f"verification failed for {failed[0].artifact}: {failed[0].message} (artifacts kept in {output})")
     return result
+
+
+def recorded_checks(manifest: dict, name: str, verify_input: Path | None) -> list[Check]:
+    """The checks the manifest recorded for package ``name``, if they ran on the same input as these will."""
+    if "verify_input" not in manifest or manifest["verify_input"] != verify_input_name(verify_input):
+        return []
+    return [Check(**check) for check in manifest["verify"] if check["artifact"] == name]
 
 
 def load_package(path: Path):
