@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .console import StageReporter
 from .errors import InputError
-from .job import JOB_DEFAULTS, Job
+from .job import JOB_DEFAULTS, Job, target_rank
 from .pipeline import Result, run
 
 # Job fields a caller may set by keyword (source, family and output are convert()'s own arguments).
@@ -36,13 +36,11 @@ def build_job(model: str | os.PathLike, family: str | None = None, output: str |
 
 def compression_target(compress: str, pinned: str | None) -> str:
     """The minimum target for ``--compress``: the spec's when none was pinned; a pinned older one is refused."""
-    import coremltools as ct
-
     from .compress.specs import parse_spec
 
     needed = parse_spec(compress).min_target
     target = pinned or JOB_DEFAULTS["min_target"]
-    if getattr(ct.target, needed) <= getattr(ct.target, target):
+    if target_rank(needed) <= target_rank(target):
         return target
     if pinned:
         raise InputError(f"--compress {compress} needs --min-target {needed} or later, not {pinned}: raise it, or choose "

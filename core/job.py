@@ -53,6 +53,13 @@ class Job:
 JOB_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Job) if f.default is not dataclasses.MISSING}
 
 
+def target_rank(name: str) -> int:
+    """The Core ML specification version of a deployment target (``iOS16`` and ``macOS13`` are both 7): targets compare by it."""
+    import coremltools as ct
+
+    return getattr(ct.target, name).value
+
+
 class ArtifactKind(str, enum.Enum):
     """What a Core ML artifact computes; the value is how manifests name it."""
 

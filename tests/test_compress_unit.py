@@ -265,3 +265,9 @@ def test_make_recipe_is_json_and_round_trips(tmp_path):
     assert again["layers"] == recipe["layers"] and again["average_bits"] <= 4.0
     assert set(again["sensitivity"]["layer0"]) == {"2", "3", "4", "6", "8"}
     assert recipe_min_target(again) in ("iOS16", "iOS18")
+
+
+def test_candidate_widths_follow_the_target_whatever_its_platform():
+    """3-bit tables need iOS18/macOS15 (spec 9): macOS13 has iOS16's widths, macOS15 iOS18's."""
+    assert 3 not in mixed.candidate_bits(4.0, "macOS13") and 3 not in mixed.candidate_bits(4.0, "iOS16")
+    assert 3 in mixed.candidate_bits(4.0, "macOS15") and 3 in mixed.candidate_bits(4.0, "iOS18")

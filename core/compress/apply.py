@@ -23,20 +23,16 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
+from ..job import target_rank
 from .specs import INT4_BLOCK_SIZE, CompressionSpec, read_recipe
 
 MIN_ELEMENTS = 2048  # coremltools' default weight_threshold: compress tensors with more elements
 WEIGHT_CONSUMERS = {"conv": "weight", "linear": "weight", "matmul": "y", "conv_transpose": "weight"}
 ALSO_ALLOWED_CONSUMERS = {"gather"}  # the tied token embedding: a look-up table and the logits kernel
-SPEC_VERSIONS = {"iOS15": 6, "iOS16": 7, "iOS17": 8, "iOS18": 9}
 FP16 = (None, 16)
+IOS_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18")  # spec_target's names
 EMBEDDING_MIN_BITS = 8  # uniform specs keep the token embedding (also the logits' projection) at least this wide
-
-
-def _input_error(message: str):
-    from ..errors import InputError
-
-    return InputError(message)
 
 
 def _load_mlmodel(mlmodel_or_path):
@@ -58,7 +54,7 @@ def mil_program(mlmodel):
         return mlmodel._mil_program
     spec = mlmodel.get_spec()
     if spec.WhichOneof("Type") != "mlProgram":
-        raise _input_error(f"--compress: the model is a {spec.WhichOneof('Type')}, not an ML program")
+        raise InputError(f"--compress: the model is a {spec.WhichOneof('Type')}, not an ML program")
     return milproto_load.load(spec, specification_version=spec.specificationVersion, file_weights_dir=mlmodel.weights_dir)
 
 
@@ -184,7 +180,7 @@ def _scale_if_same(values: np.ndarray, reference: np.ndarray, offset: int, sampl
 def spec_target(mlmodel) -> str:
     """The coremltools target name of a model's specification version (iOS15 ... iOS18)."""
     version = _load_mlmodel(mlmodel).get_spec().specificationVersion
-    names = [name for name, number in SPEC_VERSIONS.items() if number <= version]
+    names = [name for name in IOS_TARGETS if target_rank(name) <= version]
     return names[-1] if names else "iOS15"
 
 
@@ -253,7 +249,7 @@ def resolve_recipe(recipe_layers: dict[str, Any], weights: dict[str, tuple], sta
             continue
         else:
             some = ", ".join(list(canonical or weights)[:3])
-            raise _input_error(f"--compress {source}: layer '{name}' is not a compressible weight of this model "
+            raise InputError(f"--compress {source}: layer '{name}' is not a compressible weight of this model "
                                f"(these are named like {some})")
     return resolved
 
@@ -277,7 +273,7 @@ def compress(mlmodel, spec: CompressionSpec | str, recipe: dict[str, Any] | None
     mlmodel = _load_mlmodel(mlmodel)
     program = mil_program(mlmodel)
     if is_compressed(program):
-        raise _input_error(f"--compress {spec.text}: the model is already compressed (it has constexpr ops); "
+        raise InputError(f"--compress {spec.text}: the model is already compressed (it has constexpr ops); "
                            "compress the fp16 model")
     group_size = spec.group_size
     source = spec.text
@@ -288,9 +284,9 @@ def compress(mlmodel, spec: CompressionSpec | str, recipe: dict[str, Any] | None
         recipe = recipe["layers"]
     needed = spec.min_target
     if recipe is not None:
-        needed = max(needed, recipe_min_target({"layers": recipe, "group_size": group_size}), key=SPEC_VERSIONS.get)
+        needed = max(needed, recipe_min_target({"layers": recipe, "group_size": group_size}), key=target_rank)
     have = spec_target(mlmodel)
-    if SPEC_VERSIONS[have] < SPEC_VERSIONS[needed]:
+    if target_rank(have) < target_rank(needed):
         raise ValueError(f"--compress {spec.text} needs minimum target {needed}; the model was converted for {have}")
     weights = compressible_weights(program)
     if recipe is not None:

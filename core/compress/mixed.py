@@ -33,9 +33,9 @@ IOS16_CANDIDATE_BITS = (2, 4, 6, 8)
 
 def candidate_bits(average_bits: float, min_target: str = "iOS18") -> tuple[int, ...]:
     """Widths to measure: 2..8 (without 3 before iOS 18), plus 1 when the average asks for fewer than 2 bits."""
-    from .apply import SPEC_VERSIONS
+    from ..job import target_rank
 
-    bits = CANDIDATE_BITS if SPEC_VERSIONS.get(min_target, 9) >= SPEC_VERSIONS["iOS18"] else IOS16_CANDIDATE_BITS
+    bits = CANDIDATE_BITS if target_rank(min_target) >= target_rank("iOS18") else IOS16_CANDIDATE_BITS
     return ((1,) + bits) if average_bits < 2 else bits
 
 

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InputError
+
 PALETTE_BITS = (8, 6, 4, 3, 2)
 IOS16_PALETTE_BITS = (1, 2, 4, 6, 8)  # per-tensor LUT sizes Core ML accepts before iOS 18
 GROUP_SIZES = (4, 8, 16, 32, 64, 128, 256)
@@ -55,8 +57,6 @@ class CompressionSpec:
 
 
 def _error(text: str, why: str = CHOICES):
-    from ..errors import InputError
-
     return InputError(f"--compress '{text}': {why}")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..hookspecs import hookimpl
-from ..job import Artifact, ArtifactKind, Job, LoadedModel
+from ..job import Artifact, ArtifactKind, Job, LoadedModel, target_rank
 from . import ane, steps
 
 IO_DESCRIPTIONS = {
@@ -104,9 +104,7 @@ def tensor_type(spec: dict):
 
 def artifact_target(artifact: Artifact, job: Job) -> str:
     """The deployment target an artifact is converted for: the job's, raised to what the artifact needs."""
-    import coremltools as ct
-
-    return max(job.min_target, artifact.options.get("min_target", job.min_target), key=lambda name: getattr(ct.target, name))
+    return max(job.min_target, artifact.options.get("min_target", job.min_target), key=target_rank)
 
 
 @hookimpl(trylast=True)

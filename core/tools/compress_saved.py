@@ -18,7 +18,7 @@ from ..compress.specs import parse_spec
 from ..console import StageReporter
 from ..errors import InputError, VerificationError
 from ..files import link_tree, publish, refuse_to_overwrite, staging_dir
-from ..job import Artifact, ArtifactKind, Check, Job
+from ..job import Artifact, ArtifactKind, Check, Job, target_rank
 from ..manager import FamilyHooks, get_plugin_manager
 from ..manifest import describe_io, manifest_filename, verify_input_name, write_manifest
 from ..pipeline import Result, call_stage, flatten_checks, save_model
@@ -28,8 +28,6 @@ from ..verify.saved import manifest_entry_for
 
 def listed_packages(packages: list[Path], spec_text: str) -> tuple[dict, list[tuple[Path, dict]]]:
     """The manifest listing ``packages`` (all in one folder) and each package's entry; refuses what cannot be compressed."""
-    import coremltools as ct
-
     needed = parse_spec(spec_text).min_target
     manifest, found = None, []
     for path in packages:
@@ -46,7 +44,7 @@ def listed_packages(packages: list[Path], spec_text: str) -> tuple[dict, list[tu
         if is_compressed(path):
             raise InputError(f"{path} is already compressed: compress the fp16 package it came from")
         have = spec_target(path)
-        if getattr(ct.target, have) < getattr(ct.target, needed):
+        if target_rank(have) < target_rank(needed):
             raise InputError(f"--compress {spec_text} needs {needed} but {path.name} was converted for {have}: "
                              f"convert it again with --min-target {needed}")
         found.append((path, entry))
