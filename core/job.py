@@ -95,6 +95,10 @@ class Artifact:
     outputs: list[dict] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self):
+        if self.kind in ArtifactKind._value2member_map_:  # "encoder" as a plain string works as the kind it names
+            self.kind = ArtifactKind(self.kind)
+
     @classmethod
     def from_entry(cls, entry: dict, filename: str | None = None) -> "Artifact":
         """The artifact a manifest entry (or :func:`wconv.manifest.describe_io` plus a kind) describes."""

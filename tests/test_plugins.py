@@ -223,3 +223,11 @@ def test_layouts_command_lists_the_builtins():
     rows = {row["name"]: row for row in json.loads(result.output)}
     assert set(rows) == {"coreml", "whispercpp", "whisperkit"}
     assert rows["whisperkit"]["module"] == "wconv.layouts.whisperkit"
+
+
+def test_artifact_kinds_given_as_strings_dispatch_and_unknown_kinds_are_not_verified():
+    from wconv.verify.defaults import wconv_verify
+
+    assert wconv.Artifact(kind="decoder-cache-io", filename="x").kind is wconv.ArtifactKind.DECODER_CACHE_IO
+    plugin_kind = wconv.Artifact(kind="cross-kv", filename="cross-kv.mlpackage")
+    assert wconv_verify(path="cross-kv.mlpackage", model=None, artifact=plugin_kind, job=None) is None
