@@ -231,6 +231,22 @@ def layouts(as_json):
         "layout": lambda row: row["name"], "description": lambda row: row["description"], "module": lambda row: row["module"]})
 
 
+@cli.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per artifact, one per line.")
+def inspect(artifacts, as_json):
+    """What is inside ARTIFACTS (.mlpackage, WhisperKit folder, ggml file), what would run on the ANE, what fits which device."""
+    from .inspection.report import inspect_paths, print_report
+
+    reports = inspect_paths(list(artifacts))
+    console = Console(soft_wrap=True)
+    for report in reports:
+        if as_json:
+            click.echo(json.dumps(report))
+        else:
+            print_report(report, console)
+
+
 @cli.command("sample-checkpoint")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--dims", "size", type=click.Choice(["tiny", "base", "small", "medium", "large-v3"]), default="tiny", show_default=True)
