@@ -180,3 +180,26 @@ def test_bad_paths_are_one_line_exit_2(tmp_path):
                        (tmp_path / "empty", "holds no .mlpackage")]:
         result = runner.invoke(cli, ["inspect", str(path)])
         assert result.exit_code == 2 and says in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_enumerated_shapes_pass_and_a_range_dim_is_flagged(tmp_path):
+    import coremltools as ct
+    import torch
+
+    class ConvSoftmax(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            return torch.softmax(self.conv(x), dim=1)
+
+    traced = torch.jit.trace(ConvSoftmax().eval(), torch.randn(1, 8, 1, 16))
+    shapes = {"enumerated": ct.EnumeratedShapes(shapes=[(1, 8, 1, 16), (1, 8, 1, 32)]),
+              "range": (1, 8, 1, ct.RangeDim(1, 64, default=16))}
+    flagged = {}
+    for kind, shape in shapes.items():
+        ct.convert(traced, inputs=[ct.TensorType(name="x", shape=shape)], convert_to="mlprogram",
+                   minimum_deployment_target=ct.target.iOS16).save(str(tmp_path / f"{kind}.mlpackage"))
+        flagged[kind] = [(row["type"], row["rule"]) for row in inspect_package(tmp_path / f"{kind}.mlpackage")["ane"]["ineligible"]]
+    assert flagged == {"enumerated": [], "range": [("conv", "dynamic-shape"), ("softmax", "dynamic-shape")]}

@@ -1,7 +1,8 @@
 """Core ML's own placement of each op (``ct.models.compute_plan.MLComputePlan``, macOS 14.4+), beside the lint.
 
 The plan needs a compiled model and Core ML itself, so it exists only on a Mac; elsewhere :func:`compute_plan`
-says why it is missing. Ops are matched to the lint's by their first output's name, which compiling keeps.
+says why it is missing. Ops are matched to the lint's by their first output's name (an op whose name the
+compiled model does not keep is left out of the comparison).
 """
 
 from __future__ import annotations

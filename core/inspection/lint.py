@@ -41,7 +41,7 @@ MAX_DIMENSION = 16384
 # a range (ct.RangeDim) does not. Flagged: a shape the program leaves unknown when an input takes a range (or when no
 # input is flexible, so the shape depends on data), and a shape-making argument that is not a constant.
 SHAPE_ARGUMENTS = {"reshape": "shape", "tile": "reps", "fill": "shape", "expand_dims": "axes", "squeeze": "axes",
-                   "slice_by_index": "begin", "slice_by_size": "size", "pad": "pad", "transpose": "perm"}
+                   "slice_by_size": "size", "pad": "pad", "transpose": "perm"}
 
 # op-type: what the ANE runs, from the seed guide's op table (Linear as Conv2d, LayerNorm, GELU, Softmax, SDPA from
 # iOS 18, einsum in the split-head patterns, transpose, gather), apple/ml-ane-transformers' reference modules (1x1

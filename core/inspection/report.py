@@ -3,6 +3,7 @@ a ggml file), as a dict (``--json``) or printed; and the lint summary every mani
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..errors import InputError
@@ -18,9 +19,13 @@ MB = 1e6
 PARTS = ("weights_bytes", "activations_bytes", "io_bytes", "state_bytes")  # what resident_bytes adds up
 
 
-def lint_summary(package: Path) -> dict:
-    """The ANE lint's counts for a saved package (the manifest's ``ane_lint``)."""
-    return lint_program(read_program(package)).summary()
+def lint_summary(package: Path) -> dict | None:
+    """The ANE lint's counts for a saved package (the manifest's ``ane_lint``); None when it holds no ML program
+    (a plugin's neural network, say)."""
+    try:
+        return lint_program(read_program(package)).summary()
+    except InputError:
+        return None
 
 
 def min_target(specification_version: int) -> str:
@@ -28,8 +33,9 @@ def min_target(specification_version: int) -> str:
     import coremltools as ct
 
     names = [name for name, target in ct.target.__members__.items() if target.value == specification_version]
-    return " / ".join([*[n for n in names if n.startswith("iOS")][:1], *[n for n in names if n.startswith("macOS")][:1]]) \
-        or f"specification {specification_version}"
+    ios = next((name for name in names if name.startswith("iOS")), None)
+    macos = next((name for name in names if name.startswith("macOS")), None)
+    return " / ".join(filter(None, (ios, macos))) or f"specification {specification_version}"
 
 
 def inspect_package(path: Path) -> dict:
@@ -62,7 +68,7 @@ def inspect_ggml(path: Path) -> dict:
         by_storage[tensor.ggml_type] += tensor.nbytes
         parts = tensor.name.split(".")
         by_layer[".".join(parts[:3]) if "blocks" in parts[:2] else ".".join(parts[:2])] += tensor.nbytes
-        elements += _elements(tensor.shape)
+        elements += math.prod(tensor.shape)
     total = sum(by_storage.values())
     # whisper.cpp keeps f16 self-attention (n_text_ctx) and cross-attention (n_audio_ctx) keys and values per text layer
     kv_cache = 2 * 2 * hparams["n_text_layer"] * hparams["n_text_state"] * (hparams["n_text_ctx"] + hparams["n_audio_ctx"])
@@ -73,13 +79,6 @@ def inspect_ggml(path: Path) -> dict:
                         "bits_per_weight": round(8 * total / elements, 3) if elements else None,
                         "by_storage": dict(by_storage.most_common()), "by_layer": dict(by_layer)},
             "memory": needs, "fits": fitting_devices(needs["resident_bytes"])}
-
-
-def _elements(shape) -> int:
-    count = 1
-    for d in shape:
-        count *= d
-    return count
 
 
 def artifacts_in(path: Path) -> list[Path]:
