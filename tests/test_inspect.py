@@ -2,7 +2,6 @@
 program, whisper.cpp's fp32 encoder and compressed packages; the lint summary in every manifest."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -10,6 +9,9 @@ from click.testing import CliRunner
 
 import wconv
 from wconv.cli import cli
+from wconv.inspection.compute_plan import side_by_side, unavailable_reason
+from wconv.inspection.lint import lint_program
+from wconv.inspection.program import read_program
 from wconv.inspection.report import inspect_package, inspect_paths
 
 RULES_OF_HOSTILE_OPS = {"fp32_mul": "fp32", "rank5_mul": "rank>4", "wide_relu": "dim>16384",
@@ -78,7 +80,7 @@ def test_contents_of_a_whisperkit_folder_as_json_lines(converted):
     assert decoder["memory"]["kv_cache_bytes"] == 2 * 768 * 448 * 2
     assert decoder["op_census"]["einsum"] == 48 and decoder["ops"] == sum(decoder["op_census"].values())
     assert decoder["first_load"]["attention_softmax_ops"] == 2 * 2 * 6  # self and cross attention, 2 layers, 6 heads
-    assert decoder["compute_plan"]["available"] is False if sys.platform != "darwin" else True
+    assert decoder["compute_plan"]["available"] == (unavailable_reason() is None)
     encoder = reports["AudioEncoder.mlpackage"]
     assert encoder["memory"]["resident_bytes"] > encoder["weights"]["bytes"] > 0.9 * encoder["size_bytes"]
     assert "iPhone 12" in decoder["fits"] and decoder["folder"]["resident_bytes"] == sum(r["memory"]["resident_bytes"] for r in reports.values())
@@ -126,6 +128,20 @@ def test_an_ane_hostile_package_is_flagged_op_by_op(tmp_path):
     assert report["io"]["inputs"][0] == {"name": "x", "shape": [1, 8, 1, 16], "dtype": "float32"}
     result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "hostile.mlpackage")])
     assert result.exit_code == 0 and "runtime_weight_conv (conv): op-type" in result.output
+
+
+def test_the_lint_beside_a_compute_plan(tmp_path):
+    """How the macOS side-by-side scores agreement, given a plan (placements keyed by output name)."""
+    program = read_program(build_hostile_package(tmp_path / "hostile.mlpackage"))
+    lint = lint_program(program)
+    outputs = {op.name: op.outputs[0].name for op in program.ops if op.outputs}
+    plan = {outputs[v.op]: {"preferred": "ane" if v.eligible else "cpu", "supported": ["cpu"], "cost": 0.1} for v in lint.verdicts}
+    plan[outputs["wide_relu"]]["preferred"] = "ane"  # Core ML disagrees with the lint on one op
+    del plan[outputs["fine_softmax"]]  # an op the plan does not know is left out
+    compared = side_by_side(lint, outputs, plan)
+    assert compared["ops"] == lint.total_ops - 1 and compared["ane_ops"] == lint.eligible_ops
+    assert compared["agreement"] == pytest.approx((compared["ops"] - 1) / compared["ops"], abs=1e-4)
+    assert compared["disagreements"] == [{"op": "wide_relu", "type": "relu", "lint": "dim>16384", "preferred": "ane", "supported": ["cpu"]}]
 
 
 def test_whisper_cpp_fp32_encoder_is_reported_as_not_fp16(tmp_path):
