@@ -310,3 +310,15 @@ def test_with_no_cluster_running_a_local_one_is_started_for_the_batch_and_shut_d
         assert json.loads(result.stdout)["error"].startswith("checkpoint checkpoints/missing.pt does not exist")
         assert "(started for this batch): 1 node" in " ".join(result.stderr.split())
         assert processes_mentioning(tmp) == []  # raylet, GCS and workers are gone
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_exit_2(project):
+    pytest.importorskip("ray", reason='the Ray executor needs Ray: pip install -e ".[ray]"')
+    manifest = project / "nowhere.toml"
+    manifest.write_text('output = "nowhere"\n[[job]]\nmodel = "checkpoints/a.pt"\n')
+    # in a process of its own: this one may have joined the session's cluster, which the executor would use
+    result = subprocess.run([Path(sys.executable).with_name("wconv"), "batch", manifest, "--executor", "ray", "--address", "127.0.0.1:1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.startswith("Error: no Ray cluster answers at 127.0.0.1:1 (--address or RAY_ADDRESS)"), result.stderr
+    assert not (project / "nowhere").exists()

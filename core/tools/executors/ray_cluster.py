@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import socket
 import sys
 import time
 from contextlib import ExitStack, redirect_stdout
@@ -30,6 +31,18 @@ POLL_SECONDS = 0.25
 def run_on_worker(batch_job: BatchJob, stages) -> Outcome:
     """The Ray task: convert one job, putting (job index, stage label) on the ``stages`` queue."""
     return convert_job(batch_job, lambda label: stages.put_nowait((batch_job.index, label)))
+
+
+def answers(address: str) -> bool:
+    """Whether something listens at a ``host:port`` address (other forms, ``ray://…``, ``auto``: left to Ray)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return True
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError:
+        return False
+    return True
 
 
 class RayExecutor(Executor):
@@ -72,6 +85,8 @@ class RayExecutor(Executor):
         quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         address = self.address or os.environ.get("RAY_ADDRESS")
         try:
+            if address and not answers(address):  # Ray itself retries an address that does not answer for minutes
+                raise ConnectionError("nothing listens there")
             ray.init(address=address or "auto", **quiet)
             return False
         except ConnectionError as e:
