@@ -15,10 +15,8 @@ from rich.table import Table
 
 from .console import quiet_libraries
 from .errors import InputError, WconvError
-from .job import JOB_DEFAULTS
+from .job import JOB_DEFAULTS, MIN_TARGETS
 from .layouts.ggml import WRITABLE_TYPES
-
-MIN_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 
 
 class WconvGroup(click.Group):
@@ -264,16 +262,38 @@ def sample_checkpoint(path, size, seed, force):
 
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--jobs", "-j", "parallel", type=click.IntRange(min=1), default=1, show_default=True, help="How many jobs run at once.")
+@click.option("--executor", type=click.Choice(["local", "ray"]),
+              help="Where the jobs run: local processes, or tasks on a Ray cluster [default: the manifest's `executor`, else local].")
+@click.option("--address", help="ray: the cluster to join [default: RAY_ADDRESS, a cluster started here with `ray start`, "
+                                "else a local one for this batch].")
+@click.option("--jobs", "-j", "parallel", type=click.IntRange(min=1),
+              help="How many jobs run at once [default: local 1; ray: as many as the cluster's CPUs and memory hold].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per job on stdout as it ends.")
 @click.option("--force", is_flag=True, help="Redo up-to-date jobs and overwrite existing artifacts.")
-def batch(manifest, parallel, as_json, force):
+@click.option("--dry-run", is_flag=True, help="Check the manifest and print what each job would do and the memory it needs; run nothing.")
+def batch(manifest, executor, address, parallel, as_json, force, dry_run):
     """Run the conversions listed in MANIFEST (TOML), each in its own process; skip those up to date."""
-    from .tools.batch import FAILED, load_batch, run_batch
+    from .tools.batch import FAILED, dry_run_rows, load_batch, run_batch
+    from .tools.executors import make_executor
 
-    jobs = load_batch(manifest, force)
-    print_json = (lambda outcome: click.echo(json.dumps(outcome.to_dict()))) if as_json else None
-    outcomes = run_batch(jobs, parallel, on_outcome=print_json)
+    loaded = load_batch(manifest, force)
+    name = executor or loaded.executor or "local"
+    if address and name != "ray":
+        raise click.UsageError("--address names a Ray cluster: add --executor ray")
+    runner = make_executor(name, parallel, address)
+    if dry_run:
+        rows = dry_run_rows(loaded.jobs)
+        if as_json:
+            for row in rows:
+                click.echo(json.dumps(row))
+        else:
+            show_rows(rows, False, {"#": lambda row: str(row["job"]), "model": lambda row: row["model"], "action": lambda row: row["action"],
+                                    "memory": lambda row: f"{row['memory_gib']:.1f} GiB", "dims from": lambda row: row["dims_from"]})
+            click.echo(f"executor: {runner.plan()}")
+        return
+    stdout = sys.stdout  # the Ray executor sends what Ray prints there to stderr
+    print_json = (lambda outcome: click.echo(json.dumps(outcome.to_dict()), file=stdout)) if as_json else None
+    outcomes = run_batch(loaded.jobs, runner, on_outcome=print_json)
     if any(outcome.status == FAILED for outcome in outcomes):
         sys.exit(1)
 
