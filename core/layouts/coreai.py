@@ -24,7 +24,7 @@ from ..hookspecs import hookimpl
 from ..job import DECODER_VARIANTS, Artifact, ArtifactKind, Job, LoadedModel
 from ..runtime.coreai import require_coreai
 from . import Layout
-from .contracts import DECODERS, N_FRAMES, decoder_filename, whisperkit_encoder
+from .contracts import DECODERS, N_FRAMES, whisperkit_encoder
 
 def in_precision(specs: list[dict], precision: str) -> list[dict]:
     """IO specs with their float tensors in ``precision``."""
@@ -67,15 +67,14 @@ class CoreAILayout(Layout):
 
     def plan(self, model: LoadedModel, job: Job) -> list[Artifact]:
         """The encoder (with a function per enumerated length), then the decoder ``--decoder`` names."""
-        encoder = coreai_artifact(whisperkit_encoder(model), f"{model.name}-encoder.aimodel", job.precision or "float16")
+        precision = job.precision or self.precisions[0]
+        encoder = coreai_artifact(whisperkit_encoder(model), f"{model.name}-encoder.aimodel", precision)
         if job.audio_lengths:
-            frames = sorted(job.audio_lengths)
-            encoder.inputs[0]["enumerated_frames"] = frames
+            encoder.inputs[0]["enumerated_frames"] = sorted(job.audio_lengths)
         plan = [encoder]
         if job.decoder:
-            kind = ArtifactKind.decoder(job.decoder)
-            plan.append(coreai_artifact(DECODERS[kind](model), decoder_filename(model.name, job.decoder).replace(".mlpackage", ".aimodel"),
-                                        job.precision or "float16"))
+            decoder = DECODERS[ArtifactKind.decoder(job.decoder)](model)
+            plan.append(coreai_artifact(decoder, f"{model.name}-decoder-{job.decoder}.aimodel", precision))
         return plan
 
     def compile(self, folder: Path, plan: list[Artifact]) -> list[Path]:

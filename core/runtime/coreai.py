@@ -79,8 +79,9 @@ class AIModelRunner:
 
 
 def describe_aimodel(path: Path) -> dict:
-    """Names, shapes and dtypes of a saved ``.aimodel``'s inputs, outputs and states (its first function), as
-    :func:`wconv.manifest.describe_io` describes an ``.mlpackage``; enumerated lengths under ``enumerated_shapes``."""
+    """Names, shapes and dtypes of a saved ``.aimodel``'s inputs, outputs and states, as :func:`wconv.manifest.describe_io`
+    describes an ``.mlpackage``, and its ``functions``: ``main``, or ``main_<frames>`` per enumerated length (the
+    largest described)."""
     from coreai.authoring import AIModelAsset
 
     summary = AIModelAsset.load(path).summary(include_statistics=False)
@@ -93,8 +94,5 @@ def describe_aimodel(path: Path) -> dict:
             described.append({"name": name, "shape": [int(d) for d in dims.split(" × ")], "dtype": SUMMARY_DTYPES.get(dtype, dtype.lower())})
         return described
 
-    inputs = features(summary.function_inputs(functions[-1]))
-    if len(functions) > 1:  # main_<frames> functions of an encoder with enumerated lengths; the largest is the default
-        inputs[0]["enumerated_shapes"] = [features(summary.function_inputs(name))[0]["shape"] for name in functions]
-    return {"inputs": inputs, "outputs": features(summary.function_outputs(functions[-1])),
+    return {"inputs": features(summary.function_inputs(functions[-1])), "outputs": features(summary.function_outputs(functions[-1])),
             "states": features(summary.function_states(functions[-1])), "functions": functions}

@@ -38,7 +38,7 @@ def fp32_twin(model: LoadedModel, artifact: Artifact) -> Path:
     key = hashlib.sha256(json.dumps([model.source_sha256, twin.contract(), twin.inputs], sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "coreai-fp32" / key / artifact.filename
     if not path.is_dir():
-        staged = path.with_name(f".{path.name}.partial")
+        staged = path.with_name(f".partial-{path.name}")
         CoreAIModel(to_program(export_program(model, twin), twin)).save(str(staged))
         staged.rename(path)
     return path
