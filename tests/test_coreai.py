@@ -61,7 +61,7 @@ def test_fp16_assets_have_the_ane_contracts_and_functions_per_length(tiny_fp16):
     folder = tiny_fp16.manifest_path.parent
     assert sorted(path.name for path in tiny_fp16.paths) == ["tiny-decoder-stateful.aimodel", "tiny-encoder.aimodel"]
     encoder = describe_aimodel(folder / "tiny-encoder.aimodel")
-    assert encoder["functions"] == ["main_1500", "main_3000"]
+    assert encoder["functions"] == ["main_frames_1500", "main_frames_3000"]
     assert encoder["inputs"] == [{"name": "melspectrogram_features", "shape": [1, 80, 1, 3000], "dtype": "float16"}]
     assert encoder["outputs"] == [{"name": "encoder_output_embeds", "shape": [1, 384, 1, 1500], "dtype": "float16"}]
     decoder = describe_aimodel(folder / "tiny-decoder-stateful.aimodel")

@@ -4,7 +4,7 @@ names ``*.aimodel`` (``--layout coreai``) and leave every other artifact to the 
 trace: the module in the artifact's precision (fp16 weights and compute by default), ``torch.export`` with
 coreai-torch's decomposition table. convert: ``coreai_torch.TorchConverter`` with the artifact's IO names (and
 the stateful decoder's cache buffers as Core AI states); enumerated frame counts become one static function
-``main_<frames>`` each (``set_static_shape_config``). The result saves as an ``.aimodel`` asset.
+``main_frames_<frames>`` each (``set_static_shape_config``). The result saves as an ``.aimodel`` asset.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..hookspecs import hookimpl
 from ..job import Artifact
+from ..layouts.contracts import length_function
 from .defaults import build_module, dynamic_shapes, example_inputs
 
 AIMODEL = ".aimodel"
@@ -55,7 +56,9 @@ def to_program(exported, artifact: Artifact):
     ).to_coreai()
     spec = artifact.inputs[0]
     if frames := spec.get("enumerated_frames"):
-        program.set_static_shape_config("main", {f"main_{n}": {spec["name"]: (*spec["shape"][:-1], n)} for n in frames})
+        # one function per length, named main_<key>
+        program.set_static_shape_config("main", {length_function(n).removeprefix("main_"): {spec["name"]: (*spec["shape"][:-1], n)}
+                                                 for n in frames})
     return program
 
 

@@ -25,7 +25,6 @@ class Layout:
     description: str = ""
     precisions: tuple[str, ...] = ("float16",)  # the --precision values this layout writes
 
-
     def check_options(self, job: Job) -> None:
         """Refuse options that do not apply to this layout (an :class:`InputError`), before anything loads."""
 

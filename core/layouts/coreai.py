@@ -2,7 +2,7 @@
 
 ::
 
-    <output>/<name>-encoder.aimodel                 channels-first ANE encoder, fp16 (--audio-lengths: main_<frames> functions)
+    <output>/<name>-encoder.aimodel                 channels-first ANE encoder, fp16 (--audio-lengths: a function per length)
     <output>/<name>-decoder-stateful.aimodel        --decoder stateful: key/value caches as Core AI states
     <output>/<name>-decoder-cache-io.aimodel        --decoder cache-io: WhisperKit's TextDecoder contract
     <output>/<name>.manifest.json

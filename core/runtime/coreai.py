@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..layouts.contracts import length_function
 
 METHOD = "coreai-runtime"
 EXTRA_HINT = 'pip install "wconv[coreai]"'
@@ -26,11 +27,11 @@ def require_coreai(what: str = "--layout coreai") -> None:
 
 
 def function_for(names: list[str], inputs: dict) -> str:
-    """``main``, or for an encoder with enumerated lengths the ``main_<frames>`` function of the input's length."""
+    """``main``, or for an encoder with enumerated lengths the function of the input's length."""
     if "main" in names:
         return "main"
     frames = next(iter(inputs.values())).shape[-1]
-    wanted = f"main_{frames}"
+    wanted = length_function(frames)
     if wanted not in names:
         raise InputError(f"no function for {frames} frames in this .aimodel: it has {', '.join(sorted(names))}")
     return wanted
@@ -80,12 +81,11 @@ class AIModelRunner:
 
 def describe_aimodel(path: Path) -> dict:
     """Names, shapes and dtypes of a saved ``.aimodel``'s inputs, outputs and states, as :func:`wconv.manifest.describe_io`
-    describes an ``.mlpackage``, and its ``functions``: ``main``, or ``main_<frames>`` per enumerated length (the
-    largest described)."""
+    describes an ``.mlpackage``, and its ``functions``: ``main``, or one per enumerated length (the largest described)."""
     from coreai.authoring import AIModelAsset
 
     summary = AIModelAsset.load(path).summary(include_statistics=False)
-    functions = sorted(summary.function_names, key=lambda name: int(name.rpartition("_")[2] or 0) if name != "main" else 0)
+    functions = sorted(summary.function_names, key=lambda name: int(name.rpartition("_")[2]) if name != "main" else 0)
 
     def features(entries) -> list[dict]:
         described = []

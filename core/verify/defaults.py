@@ -26,8 +26,9 @@ NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 @hookimpl(trylast=True)
 def wconv_verify(path, model, artifact, job):
     check = CHECKS.get(artifact.kind)
-    if check is None or Path(path).suffix != ".mlpackage" or (artifact.kind is not ArtifactKind.MEL_SPECTROGRAM and model.reference_encoder is None):
-        return None  # a kind or format core does not know (a plugin's) or no reference: nothing to check here
+    unknown = check is None or Path(path).suffix != ".mlpackage"  # a kind or format core does not run: the plugin that made it checks it
+    if unknown or (artifact.kind is not ArtifactKind.MEL_SPECTROGRAM and model.reference_encoder is None):
+        return None
     return check(Path(path), model, artifact, job)
 
 
