@@ -82,29 +82,23 @@ def test_fp16_assets_are_verified_through_their_fp32_twins_above_60_db(tiny_fp16
 
 
 @pytest.fixture(scope="module")
-def base_fp32(sample_dir, tmp_path_factory, speech_clips):
-    """The real base weights as fp32 assets with the cache-io decoder; its transcript checked on clip 1."""
+def base_fp32(sample_dir, tmp_path_factory):
+    """The real base weights as fp32 assets with the cache-io decoder (verification is the tiny model's test: time)."""
     return wconv.convert(str(sample_dir), "ct2", tmp_path_factory.mktemp("coreai-base"), layout="coreai", decoder="cache-io",
-                         precision="float32", verify_input=speech_clips[0])
+                         precision="float32", verify=False)
 
 
 @needs_coreai
-def test_base_transcribes_the_clips_exactly_as_openai_whisper_fp32(base_fp32, speech_clips, openai_base_model):
+@pytest.mark.parametrize("clip", [0, 1])
+def test_base_transcribes_the_clips_exactly_as_openai_whisper_fp32(base_fp32, speech_clips, openai_base_model, clip):
+    import torch
+
     from wconv.runtime.audio import host_log_mel, read_wav
     from wconv.runtime.reference import reference_tokens
     from wconv.tools.transcribe import transcribe
 
-    checks = {(check.artifact, "token_error_rate" in check.metrics): check for check in base_fp32.checks}
-    assert checks[("base-encoder.aimodel", False)].metrics["psnr"] >= 60
-    transcript = checks[("base-decoder-cache-io.aimodel", True)]
-    assert transcript.passed and transcript.metrics["token_error_rate"] == 0, transcript.message
-    assert "The quick brown fox" in transcript.message
-
-    import torch
-
-    samples = read_wav(speech_clips[1])
     with torch.no_grad():
-        features = openai_base_model.encoder(torch.from_numpy(host_log_mel(samples, 80))).numpy()
-    result = transcribe(base_fp32.manifest_path, speech_clips[1], "en")
+        features = openai_base_model.encoder(torch.from_numpy(host_log_mel(read_wav(speech_clips[clip]), 80))).numpy()
+    result = transcribe(base_fp32.manifest_path, speech_clips[clip], "en")
     assert result["tokens"] == reference_tokens(openai_base_model, features, "en")
     assert result["encoder"] == "coreai-runtime" and result["decoder"] == "cache-io coreai-runtime"

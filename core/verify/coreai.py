@@ -27,15 +27,19 @@ def is_fp16(artifact: Artifact) -> bool:
     return any(spec["dtype"] == "float16" for spec in artifact.inputs)
 
 
+def in_fp32(specs: list[dict]) -> list[dict]:
+    """IO specs with fp16 tensors as fp32, fixed at their largest length (the checks run 30 s windows)."""
+    return [{key: value for key, value in {**spec, "dtype": "float32" if spec["dtype"] == "float16" else spec["dtype"]}.items()
+             if key != "enumerated_frames"} for spec in specs]
+
+
 def fp32_twin(model: LoadedModel, artifact: Artifact) -> Path:
     """The artifact converted in fp32 (same module, export and conversion), cached by checkpoint and IO contract."""
     from ..conversion.coreai import CoreAIModel, export_program, to_program
 
-    twin = Artifact(kind=artifact.kind, filename=artifact.filename,
-                    inputs=[{**s, "dtype": "float32"} if s["dtype"] == "float16" else s for s in artifact.inputs],
-                    outputs=[{**s, "dtype": "float32"} if s["dtype"] == "float16" else s for s in artifact.outputs],
-                    options=artifact.options)
-    key = hashlib.sha256(json.dumps([model.source_sha256, twin.contract(), twin.inputs], sort_keys=True).encode()).hexdigest()[:16]
+    twin = Artifact(kind=artifact.kind, filename=artifact.filename, inputs=in_fp32(artifact.inputs),
+                    outputs=in_fp32(artifact.outputs), options=artifact.options)
+    key = hashlib.sha256(json.dumps([model.source_sha256, twin.contract()]).encode()).hexdigest()[:16]
     path = cache_dir() / "coreai-fp32" / key / artifact.filename
     if not path.is_dir():
         staged = path.with_name(f".partial-{path.name}")
