@@ -1,7 +1,7 @@
 """--layout coreai: Core AI assets converted from the shared ANE modules and run on coreai-core's bundled runtime.
 
-The runtime is slow on CPU (base encoder ~13 s of CPU per call, a cache-io step ~1 s), so each model is converted
-once per module and the base weights transcribe two clips in fp32, the smallest proof of the decoding chain.
+The runtime is slow on CPU (measured under load here: base encoder 43 s per call, a cache-io step 3.6 s), so each
+model is converted once per module and the base weights transcribe two clips in fp32, the smallest proof of the chain.
 """
 
 import importlib.util
