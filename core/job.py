@@ -33,6 +33,7 @@ class Job:
     decoder: str | None = None
     ggml_type: str = "f16"
     compress: str | None = None
+    precision: str | None = None  # the layout's default (float16)
     folder_suffix: str | None = None
     parent: str | None = None
     convert_own_encoder: bool = False
