@@ -1,8 +1,9 @@
-"""whisper.cpp's ggml model file: write it, read its header, quantize its weight matrices.
+"""whisper.cpp's ggml model file: write it, read it back (header, tensors checked against the hparams,
+quantized blocks dequantized), quantize its weight matrices.
 
 The layout and the per-tensor type rules follow whisper.cpp's ``models/convert-pt-to-ggml.py`` (f16 files),
 ``examples/quantize`` (quantized files) and the loader ``whisper_model_load`` in ``src/whisper.cpp``.
-Block formats and rounding follow ggml's ``quantize_row_*_ref``, so a file written here holds the bytes
+Block formats and rounding follow ggml's ``quantize_row_*_ref`` and ``dequantize_row_*``, so a file written here holds the bytes
 whisper.cpp's own quantize tool would write from the same f32 weights.
 """
 
@@ -423,7 +424,10 @@ def _parse_header(reader: _Reader) -> dict:
                          f"{', '.join(FILE_FTYPES)}); re-quantize it with whisper.cpp's quantize tool")
     filters = tuple(reader.ints(2))
     reader.skip(4 * filters[0] * filters[1])
-    vocab = [reader.take(reader.ints(1)[0]) for _ in range(reader.ints(1)[0])]
+    n_tokens = reader.ints(1)[0]
+    if n_tokens > hparams["n_vocab"] or 4 * n_tokens > reader.size - reader.position:
+        raise InputError(f"{path} is truncated or corrupt (a vocabulary of {n_tokens} tokens for n_vocab {hparams['n_vocab']})")
+    vocab = [reader.take(reader.ints(1)[0]) for _ in range(n_tokens)]
     type_names = {code: name for name, code in TYPE_IDS.items()}
     tensors = []
     while not reader.at_end():

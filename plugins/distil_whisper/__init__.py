@@ -45,6 +45,8 @@ def wconv_load(job):
     model.name = job.name or distil.name
     if job.convert_own_encoder:
         return model
+    if (job.parent_ggml or job.trust_parent) and not is_converted_encoder(distil.parent):
+        raise wconv.InputError("--parent-ggml and --trust-parent go with --parent <the parent's converted encoder .mlpackage>")
     try:
         if is_converted_encoder(distil.parent):
             model.parent = load_parent_package(model, Path(distil.parent), job)

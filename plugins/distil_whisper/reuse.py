@@ -56,9 +56,9 @@ def resolve_distil(job: Job) -> DistilSource | None:
     return None
 
 
-def load_parent(model: LoadedModel, parent_source: str, expected_sha256: str | None = None) -> LoadedModel:
+def load_parent(model: LoadedModel, parent_source: str, family: str | None = None, expected_sha256: str | None = None) -> LoadedModel:
     """The parent checkpoint, once its encoder is proven to be ``model``'s, tensor by tensor."""
-    parent = wconv.load_source(parent_source, expected_sha256=expected_sha256)
+    parent = wconv.load_source(parent_source, family, expected_sha256=expected_sha256)
     check_same_encoder_shape(model, parent)
     differing = first_differing_encoder_tensor(model, parent)
     if differing:
@@ -84,7 +84,10 @@ def load_parent_package(model: LoadedModel, package: Path, job: Job) -> LoadedMo
     if job.parent_ggml:
         proof, parent = "parent-ggml", load_parent(model, job.parent_ggml)
     elif manifest is not None:
-        proof, parent = "manifest", load_parent(model, manifest["source"], manifest["checkpoint_sha256"])
+        if not Path(manifest["source"]).exists():
+            raise InputError(f"the manifest beside {package} names its source {manifest['source']}, which is gone: pass "
+                             "--parent-ggml <the parent's ggml file> or --trust-parent")
+        proof, parent = "manifest", load_parent(model, manifest["source"], manifest["family"], manifest["checkpoint_sha256"])
     elif job.trust_parent:
         proof, parent = "trusted", None
     else:
