@@ -182,6 +182,9 @@ def test_a_converted_parent_encoder_needs_a_proof_or_trust(ggml_pair, tmp_path):
     done = invoke("run", "--family", "distil", distil, "--parent", lone, "-o", tmp_path / "refused")
     assert done.exit_code == 2 and done.output.count("\n") == 1 and "--trust-parent" in done.output
     assert not (tmp_path / "refused").exists()
+    done = invoke("run", "--family", "distil", distil, "--parent", parent, "--trust-parent", "-o", tmp_path / "refused")
+    assert done.exit_code == 2 and "go with --parent <the parent's converted encoder" in done.output
+    assert not (tmp_path / "refused").exists()
 
     for flags, proof in [([], "manifest"), (["--parent-ggml", parent], "parent-ggml"), (["--trust-parent"], "trusted")]:
         given = package if proof == "manifest" else lone
