@@ -21,6 +21,9 @@ LAZY = {
     "read_manifest": "manifest",
     "dims_from_config": "layouts.hf_config",
     "write_hf_configs": "layouts.hf_config",
+    "read_ggml": "layouts.ggml",
+    "is_ggml_file": "layouts.ggml",
+    "quantize_blocks": "layouts.ggml",
 }
 
 __all__ = [

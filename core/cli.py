@@ -77,11 +77,13 @@ def parse_audio_lengths(ctx, param, value):
                    "(its CPU runtime runs fp16 ~33x slower).")
 @click.option("--decoder", type=click.Choice(["stateful", "cache-io"]),
               help="Also convert a Core ML text decoder: stateful (MLState, iOS18+) or cache-io (WhisperKit's contract, iOS16+).")
-@click.option("--parent", help="distil: the model it was distilled from (name, .pt or directory).")
+@click.option("--parent", help="distil: the model it was distilled from (name, .pt, ggml file, directory or its converted encoder .mlpackage).")
+@click.option("--parent-ggml", help="distil: with --parent PACKAGE, the parent's ggml file that proves the encoders are the same.")
+@click.option("--trust-parent", is_flag=True, help="distil: link the --parent package without proof (recorded in the manifest).")
 @click.option("--convert-own-encoder", is_flag=True, help="distil: convert the distil encoder instead of reusing the parent's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def run(model, sample, family, output, name, force, min_target, audio_lengths, no_verify, min_psnr, verify_input, layout,
-        folder_suffix, ggml_type, compress, precision, decoder, parent, convert_own_encoder, as_json):
+        folder_suffix, ggml_type, compress, precision, decoder, parent, parent_ggml, trust_parent, convert_own_encoder, as_json):
     """Convert MODEL (a name, path or hub id) into Core ML artifacts."""
     from .api import convert
 
@@ -94,7 +96,9 @@ def run(model, sample, family, output, name, force, min_target, audio_lengths, n
 
     result = convert(model, family, output, name=name, force=force, min_target=min_target, audio_lengths=audio_lengths,
                      verify=not no_verify, min_psnr=min_psnr, verify_input=verify_input, layout=layout,
-                     folder_suffix=folder_suffix, ggml_type=ggml_type, compress=compress, precision=precision, decoder=decoder, parent=parent, convert_own_encoder=convert_own_encoder or None)
+                     folder_suffix=folder_suffix, ggml_type=ggml_type, compress=compress, precision=precision, decoder=decoder,
+                     parent=parent, parent_ggml=parent_ggml, trust_parent=trust_parent or None,
+                     convert_own_encoder=convert_own_encoder or None)
     report(result, as_json)
 
 

@@ -36,6 +36,8 @@ class Job:
     precision: str | None = None  # the layout's default (float16)
     folder_suffix: str | None = None
     parent: str | None = None
+    parent_ggml: str | None = None
+    trust_parent: bool = False
     convert_own_encoder: bool = False
     verify: bool = True
     min_psnr: float = 35.0
@@ -143,7 +145,9 @@ class LoadedModel:
     ``reference_encoder`` is the source model's own encoder in fp32 (mel -> (1, 1500, n_state)),
     used as the verification reference. ``repo_id`` is the hub id the model is published under
     (``org/name``) when known; WhisperKit's folder is named after it. ``tokenizer_json`` is the
-    source's HF tokenizer file, if it has one (ggml vocabulary, WhisperKit's folder). ``parent``
+    source's HF tokenizer file, if it has one (ggml vocabulary, WhisperKit's folder); ``vocab`` the BPE
+    tokens as bytes in id order when the source has its own list (a ggml file) — the ggml file written takes
+    it first. ``parent``
     is a model this one shares weights with (distil-whisper's teacher), for ``wconv_reuse``.
     ``provenance`` holds facts the family wants in the manifest (JSON-serialisable).
     """
@@ -159,6 +163,7 @@ class LoadedModel:
     alignment_heads: list | None = None
     repo_id: str | None = None
     tokenizer_json: Path | None = None
+    vocab: list[bytes] | None = None
     parent: "LoadedModel | None" = None
     provenance: dict[str, Any] = field(default_factory=dict)
 

@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = {
     "ct2": "wconv.plugins.ct2_whisper",
     "hf": "wconv.plugins.hf_whisper",
     "distil": "wconv.plugins.distil_whisper",
+    "ggml": "wconv.plugins.ggml_whisper",  # asked first: it recognises its files by their magic
 }
 
 

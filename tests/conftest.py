@@ -53,3 +53,21 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _memory=12 * 2**30)  # memory: a fixed figure, not what is free now
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fp32_transcripts(openai_base_model, speech_clips):
+    """Per clip name: openai-whisper fp32's encoder output and greedy English tokens (no timestamps)."""
+    import torch
+    import whisper
+
+    from wconv.runtime.audio import read_wav
+
+    options = whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False, temperature=0.0)
+    found = {}
+    for clip in speech_clips:
+        mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(read_wav(clip)))
+        with torch.no_grad():
+            features = openai_base_model.encoder(mel[None])
+        found[clip.name] = (features, whisper.decode(openai_base_model, mel, options).tokens)
+    return found

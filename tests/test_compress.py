@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import whisper
 from click.testing import CliRunner
 
 import wconv
@@ -17,7 +16,6 @@ from wconv.console import StageReporter
 from wconv.job import ArtifactKind
 from wconv.layouts.whisperkit import WhisperKitLayout
 from wconv.manifest import read_manifest
-from wconv.runtime.audio import read_wav
 from wconv.runtime.decoding import transcribe_tokens
 from wconv.runtime.reference import reference_tokens
 from wconv.tools.compress_saved import compress_saved
@@ -28,7 +26,6 @@ from wconv.verify.metrics import edit_distance
 ENCODER, DECODER = "ggml-base-encoder.mlpackage", "base-decoder-stateful.mlpackage"
 MAX_TOKEN_ERROR_RATE = 0.05
 SMALL_MARGIN = 1.0  # nats: a token that differs from fp32's must have been a near-tie there
-OPTIONS = whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False, temperature=0.0)
 
 
 def invoke(*args):
@@ -55,18 +52,6 @@ def compressed(fp16_folder):
         return done[spec, files]
 
     return get
-
-
-@pytest.fixture(scope="module")
-def fp32_transcripts(openai_base_model, speech_clips):
-    """Per clip: openai-whisper fp32's encoder output and greedy tokens."""
-    found = {}
-    for clip in speech_clips:
-        mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(read_wav(clip)))
-        with torch.no_grad():
-            features = openai_base_model.encoder(mel[None])
-        found[clip.name] = (features, whisper.decode(openai_base_model, mel, OPTIONS).tokens)
-    return found
 
 
 def first_difference_margin(model, features, expected: list[int], actual: list[int]) -> float | None:

@@ -21,7 +21,7 @@ def pm():
 
 
 def test_builtin_families_and_core_defaults_are_registered(pm):
-    assert family_names(pm) == ["ct2", "distil", "hf", "openai"]
+    assert family_names(pm) == ["ct2", "distil", "ggml", "hf", "openai"]
     trylast = {}
     for name in ("wconv.conversion", "wconv.compression", "wconv.verification"):
         defaults = pm.get_plugin(name)
@@ -33,6 +33,7 @@ def test_builtin_families_and_core_defaults_are_registered(pm):
 
 def test_aliases_resolve_to_families(pm):
     assert resolve_family(pm, "openai-whisper") == "openai"
+    assert resolve_family(pm, "whisper.cpp") == resolve_family(pm, "whispercpp") == "ggml"
     with pytest.raises(wconv.InputError, match="unknown --family 'nope'"):
         resolve_family(pm, "nope")
 

@@ -1,14 +1,16 @@
-"""whisper.cpp's ggml model file: write it, read its header, quantize its weight matrices.
+"""whisper.cpp's ggml model file: write it, read it back (header, tensors checked against the hparams,
+quantized blocks dequantized), quantize its weight matrices.
 
 The layout and the per-tensor type rules follow whisper.cpp's ``models/convert-pt-to-ggml.py`` (f16 files),
 ``examples/quantize`` (quantized files) and the loader ``whisper_model_load`` in ``src/whisper.cpp``.
-Block formats and rounding follow ggml's ``quantize_row_*_ref``, so a file written here holds the bytes
+Block formats and rounding follow ggml's ``quantize_row_*_ref`` and ``dequantize_row_*``, so a file written here holds the bytes
 whisper.cpp's own quantize tool would write from the same f32 weights.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import uuid
@@ -336,6 +338,80 @@ def read_ggml_header(path) -> dict:
         return _parse_header(_Reader(source, path))
 
 
+def is_ggml_file(path) -> bool:
+    """Does ``path`` name a file that starts with ggml's magic (whatever its extension)?"""
+    try:
+        with open(path, "rb") as source:
+            return source.read(4) == struct.pack("<I", GGML_MAGIC)
+    except OSError:
+        return False
+
+
+def read_ggml(path) -> GgmlModel:
+    """A whisper.cpp ggml file, its header parsed and every tensor checked against the shapes its hparams imply."""
+    return GgmlModel(path)
+
+
+class GgmlModel:
+    """A ggml whisper file read back: ``dims`` (``whisper.model.ModelDimensions``), ``ggml_type`` (its weight
+    type), ``ftype`` (as stored), ``vocab`` (token bytes in id order) and ``tensors`` (``TensorInfo`` by name).
+
+    Tensor data stays in a read-only memory map of the file until asked for: :meth:`raw` gives the stored bytes,
+    :meth:`array` the values (f16/f32 as stored, quantized types dequantized to float32).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        header = read_ggml_header(self.path)
+        self.ftype, self.ggml_type, self.vocab = header["ftype"], header["ggml_type"], header["vocab"]
+        self.dims = _dims_from_hparams(header["hparams"], len(header["tensors"]), self.path)
+        self.tensors = _checked_tensors(header["tensors"], self.dims, self.path)
+        self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
+
+    def raw(self, name: str) -> np.ndarray:
+        info = self.tensors[name]
+        return self._data[info.offset:info.offset + info.nbytes]
+
+    def array(self, name: str) -> np.ndarray:
+        info = self.tensors[name]
+        if info.ggml_type in _FLOAT_DTYPES:
+            return self.raw(name).view(_FLOAT_DTYPES[info.ggml_type]).reshape(info.shape)
+        return dequantize_blocks(self.raw(name), info.ggml_type, info.shape)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Every tensor named and shaped the openai-whisper way (conv biases 1-D)."""
+        return {name: self.array(name).reshape(-1) if name in _CONV_BIASES else self.array(name) for name in self.tensors}
+
+
+_CONV_BIASES = ("encoder.conv1.bias", "encoder.conv2.bias")
+
+
+def _dims_from_hparams(hparams: dict, n_tensors: int, path: Path):
+    from whisper.model import ModelDimensions
+
+    if min(hparams.values()) <= 0 or max(hparams["n_audio_layer"], hparams["n_text_layer"]) > n_tensors:
+        raise InputError(f"{path} is corrupt: its hparams {hparams} do not describe a Whisper model with {n_tensors} tensors")
+    return ModelDimensions(**hparams)
+
+
+def _checked_tensors(tensors: list[TensorInfo], dims, path: Path) -> dict[str, TensorInfo]:
+    """The tensors whisper.cpp needs, by name; a missing, repeated or misshapen one is an InputError naming it."""
+    expected = expected_tensor_shapes(dims)
+    found: dict[str, TensorInfo] = {}
+    for info in tensors:
+        if info.name in found:
+            raise InputError(f"{path} is corrupt: tensor {info.name} appears twice")
+        wanted = expected.get(info.name)
+        if wanted is not None and [n for n in info.shape if n != 1] != [n for n in wanted if n != 1]:
+            raise InputError(f"{path}: tensor {info.name} has shape {list(info.shape)}, but the file's hparams "
+                             f"need {list(wanted)}; the file is corrupt or not a Whisper model")
+        found[info.name] = info
+    missing = [name for name in expected if name not in found]
+    if missing:
+        raise InputError(f"{path} lacks {len(missing)} tensor(s) whisper.cpp needs, e.g. {missing[0]}: it is truncated or not a Whisper model")
+    return {name: found[name]._replace(shape=shape) for name, shape in expected.items()}
+
+
 def _parse_header(reader: _Reader) -> dict:
     path = reader.path
     if reader.ints(1)[0] != GGML_MAGIC:
@@ -343,30 +419,42 @@ def _parse_header(reader: _Reader) -> dict:
     hparams = dict(zip(_HPARAM_NAMES, reader.ints(10)))
     ftype = reader.ints(1)[0]
     weight_types = {code: name for name, code in FILE_FTYPES.items()} | {0: "f32"}
+    if ftype % QUANT_VERSION_FACTOR not in weight_types:
+        raise InputError(f"{path} has ggml ftype {ftype}, which wconv cannot read (known: f32, "
+                         f"{', '.join(FILE_FTYPES)}); re-quantize it with whisper.cpp's quantize tool")
     filters = tuple(reader.ints(2))
     reader.skip(4 * filters[0] * filters[1])
-    vocab = [reader.take(reader.ints(1)[0]) for _ in range(reader.ints(1)[0])]
+    n_tokens = reader.ints(1)[0]
+    if n_tokens > hparams["n_vocab"] or 4 * n_tokens > reader.size - reader.position:
+        raise InputError(f"{path} is truncated or corrupt (a vocabulary of {n_tokens} tokens for n_vocab {hparams['n_vocab']})")
+    vocab = [reader.take(reader.ints(1)[0]) for _ in range(n_tokens)]
     type_names = {code: name for name, code in TYPE_IDS.items()}
     tensors = []
     while not reader.at_end():
         n_dims, name_length, type_id = reader.ints(3)
+        if not 1 <= n_dims <= 4:
+            raise InputError(f"{path} is truncated or corrupt (a tensor with {n_dims} dimensions at offset {reader.position})")
         shape = tuple(reversed(reader.ints(n_dims)))
-        name = reader.take(name_length).decode()
+        name = reader.take(name_length).decode("utf-8", errors="replace")
         if type_id not in type_names:
             raise InputError(f"{path}: tensor {name} has ggml type {type_id}, which wconv cannot read")
-        nbytes = _data_size(type_names[type_id], shape)
+        nbytes = _data_size(type_names[type_id], shape, name, path)
         tensors.append(TensorInfo(name, shape, type_names[type_id], reader.position, nbytes))
         reader.skip(nbytes)
     return {
-        "hparams": hparams, "ftype": ftype, "ggml_type": weight_types.get(ftype % QUANT_VERSION_FACTOR),
+        "hparams": hparams, "ftype": ftype, "ggml_type": weight_types[ftype % QUANT_VERSION_FACTOR],
         "filters": filters, "vocab": vocab, "tensors": tensors,
     }
 
 
-def _data_size(ggml_type: str, shape: tuple[int, ...]) -> int:
-    count = int(np.prod(shape, dtype=np.int64))
+def _data_size(ggml_type: str, shape: tuple[int, ...], name: str, path: Path) -> int:
+    if min(shape) < 0:
+        raise InputError(f"{path} is truncated or corrupt (tensor {name} has shape {list(shape)})")
+    count = math.prod(shape)
     if ggml_type in _FLOAT_DTYPES:
         return count * _FLOAT_DTYPES[ggml_type].itemsize
+    if shape[-1] % BLOCK_SIZE:
+        raise InputError(f"{path}: tensor {name} is {ggml_type} with rows of {shape[-1]} values, not whole blocks of {BLOCK_SIZE}")
     return count // BLOCK_SIZE * _BLOCK_DTYPES[ggml_type].itemsize
 
 

@@ -15,7 +15,9 @@ from .xcode import compile_command, compile_package
 
 
 def ggml_vocab(model: LoadedModel) -> list[bytes]:
-    """The model's own HF tokenizer when it has one, else openai-whisper's bundled tiktoken files."""
+    """The model's own vocabulary (a ggml source's) or HF tokenizer when it has one, else openai-whisper's bundled tiktoken files."""
+    if model.vocab is not None:
+        return model.vocab
     if model.tokenizer_json:
         return vocab_from_hf_tokenizer(model.tokenizer_json)
     return vocab_from_tiktoken(model.multilingual)

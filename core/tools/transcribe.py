@@ -4,7 +4,8 @@ The log-mel is the converted MelSpectrogram's when the directory has one (``--la
 else openai-whisper's ``log_mel_spectrogram`` on the host; the encoder is the converted Core ML
 artifact (Core ML on macOS, the reference evaluator elsewhere), and the decoder is a converted Core
 ML decoder when the directory has one (stateful preferred, then cache-io), else openai-whisper's
-PyTorch decoder built from the same source checkpoint (checked by sha256). Greedy decoding, no
+PyTorch decoder built from the same source checkpoint (checked by sha256), or from the whisper.cpp
+output's own ggml file when the checkpoint is no longer at its path. Greedy decoding, no
 timestamps; with a Core ML decoder the language defaults to English (no language detection).
 """
 
@@ -47,12 +48,22 @@ def encode(manifest: dict, audio: Path) -> tuple[np.ndarray, str]:
     return encode_samples(read_wav(Path(audio)), *encoder_artifact(manifest), mel_model and mel_model[0], manifest["dims"]["n_mels"])
 
 
-def decode_with_pytorch(manifest: dict, features: np.ndarray, language: str | None, pm=None) -> list[int]:
-    """Greedy tokens from openai-whisper's decoder on the same source checkpoint."""
-    from ..runtime.reference import reference_tokens, whisper_model
+def source_model(manifest: dict, pm=None):
+    """The source checkpoint (checked by sha256); once it is gone from its path, a whisper.cpp output's own
+    ggml file, which holds the decoder too (read by the ``ggml`` family)."""
     from ..sources import load_source
 
-    source = load_source(manifest["source"], manifest["family"], pm, expected_sha256=manifest["checkpoint_sha256"])
+    ggml = next((entry for entry in manifest["artifacts"] if entry["kind"] == "ggml"), None)
+    if ggml is not None and not Path(manifest["source"]).exists():
+        return load_source(str(Path(manifest["_path"]).parent / ggml["file"]), "ggml", pm)
+    return load_source(manifest["source"], manifest["family"], pm, expected_sha256=manifest["checkpoint_sha256"])
+
+
+def decode_with_pytorch(manifest: dict, features: np.ndarray, language: str | None, pm=None) -> list[int]:
+    """Greedy tokens from openai-whisper's decoder on the same source checkpoint (or the ggml file beside the encoder)."""
+    from ..runtime.reference import reference_tokens, whisper_model
+
+    source = source_model(manifest, pm)
     model = whisper_model(source.dims, source.state_dict, source.alignment_heads)
     if language is None and not source.multilingual:
         language = "en"

@@ -11,13 +11,19 @@ With ``--layout whisperkit`` the parent's ``AudioEncoder.mlpackage`` is linked w
 (its IO differs from whisper.cpp's encoder); else the distil's own encoder, the same tensors, is converted.
 The decoder side (ggml file, Core ML decoders) is the distil model's own. distil-large-v3.5, whose
 encoder may differ from large-v3's, converts its own encoder when the tensors differ.
+The distil and its parent may also be whisper.cpp ggml files (compared as stored, see ``proof``), and
+``--parent`` a converted encoder package, proven by ``--parent-ggml`` or the manifest beside it, or
+taken on the user's word with ``--trust-parent`` (recorded in the manifest).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import wconv
 
-from .reuse import KNOWN_PARENTS, MAY_DIFFER, EncoderDiffers, load_parent, parent_encoder, resolve_distil
+from .proof import EncoderDiffers
+from .reuse import KNOWN_PARENTS, MAY_DIFFER, is_converted_encoder, load_parent, load_parent_package, parent_encoder, resolve_distil
 
 ALIASES = ("distil-whisper",)
 KNOWN_MODELS = tuple(KNOWN_PARENTS)
@@ -29,15 +35,23 @@ def wconv_load(job):
     distil = resolve_distil(job)
     if distil is None:
         return None
-    from wconv.plugins.hf_whisper import wconv_load as load_transformers
+    if distil.ggml:
+        from wconv.plugins.ggml_whisper import wconv_load as load_checkpoint
+    else:
+        from wconv.plugins.hf_whisper import wconv_load as load_checkpoint
 
-    model = load_transformers(job=job.replace(source=distil.checkpoint, family="hf"))
+    model = load_checkpoint(job=job.replace(source=distil.checkpoint, family="ggml" if distil.ggml else "hf"))
     model.family = "distil"
     model.name = job.name or distil.name
     if job.convert_own_encoder:
         return model
+    if (job.parent_ggml or job.trust_parent) and not is_converted_encoder(distil.parent):
+        raise wconv.InputError("--parent-ggml and --trust-parent go with --parent <the parent's converted encoder .mlpackage>")
     try:
-        model.parent = load_parent(model, distil.parent)
+        if is_converted_encoder(distil.parent):
+            model.parent = load_parent_package(model, Path(distil.parent), job)
+        else:
+            model.parent = load_parent(model, distil.parent)
     except EncoderDiffers as e:
         if distil.name not in MAY_DIFFER:
             raise
@@ -47,6 +61,6 @@ def wconv_load(job):
 
 @wconv.hookimpl
 def wconv_reuse(model, artifact, job):
-    if model.parent is None or artifact.kind is not wconv.ArtifactKind.ENCODER:
+    if artifact.kind is not wconv.ArtifactKind.ENCODER or (model.parent is None and "parent_package" not in model.provenance):
         return None
     return parent_encoder(model, artifact, job)

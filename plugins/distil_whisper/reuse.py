@@ -3,14 +3,13 @@ converted encoder is (or converting it once)."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 import wconv
 from wconv import Artifact, ArtifactKind, InputError, Job, LoadedModel, Reuse
+
+from .proof import EncoderDiffers, check_same_encoder_shape, first_differing_encoder_tensor
 
 KNOWN_PARENTS = {
     "distil-small.en": "small.en",
@@ -21,11 +20,6 @@ KNOWN_PARENTS = {
 }
 # Distilled with a retrained encoder in some releases: when the tensors differ, convert its own.
 MAY_DIFFER = {"distil-large-v3.5"}
-ENCODER_DIMS = ("n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer")
-
-
-class EncoderDiffers(InputError):
-    """The distil encoder is not the parent's (the user may pass --convert-own-encoder)."""
 
 
 @dataclass
@@ -33,24 +27,28 @@ class DistilSource:
     name: str
     checkpoint: str
     parent: str
+    ggml: bool = False  # the checkpoint is a whisper.cpp ggml file
 
 
 def resolve_distil(job: Job) -> DistilSource | None:
     """The distil checkpoint and parent for ``job``; None if the source is not distil-whisper's."""
+    from wconv.plugins.ggml_whisper import model_name as ggml_model_name
     from wconv.plugins.hf_whisper.checkpoint import artifact_name
 
     explicit = job.family is not None
     parent = job.parent
-    key = job.source.rstrip("/").split("/")[-1]
+    ggml = wconv.is_ggml_file(job.source)
+    key = ggml_model_name(Path(job.source)) if ggml else job.source.rstrip("/").split("/")[-1]
     if explicit and f"distil-{key}" in KNOWN_PARENTS:
         key = f"distil-{key}"
     if Path(job.source).exists():
         parent = parent or KNOWN_PARENTS.get(key)
         if parent is None:
             if explicit:
-                raise InputError(f"which model is {job.source} distilled from? pass --parent <model name, .pt or directory>")
+                raise InputError(f"which model is {job.source} distilled from? pass --parent <model name, .pt, ggml file, "
+                                 "directory or converted encoder>")
             return None
-        return DistilSource(artifact_name(Path(job.source).resolve().name), job.source, parent)
+        return DistilSource(key if ggml else artifact_name(Path(job.source).resolve().name), job.source, parent, ggml)
     if key in KNOWN_PARENTS and (explicit or job.source.startswith("distil-whisper/")):
         return DistilSource(key, f"distil-whisper/{key}", parent or KNOWN_PARENTS[key])
     if explicit:
@@ -58,36 +56,44 @@ def resolve_distil(job: Job) -> DistilSource | None:
     return None
 
 
-def tensor_digest(tensor) -> str:
-    """sha256 of a tensor's values in fp16, the precision the Core ML encoder stores."""
-    return hashlib.sha256(torch.as_tensor(tensor).to(torch.float16).contiguous().numpy().tobytes()).hexdigest()
-
-
-def first_differing_encoder_tensor(distil: dict, parent: dict) -> str | None:
-    """The first encoder tensor (by name) whose fp16 values differ, or that only one side has."""
-    names = sorted({k for k in (*distil, *parent) if k.startswith("encoder.")})
-    for name in names:
-        if name not in distil or name not in parent or tensor_digest(distil[name]) != tensor_digest(parent[name]):
-            return name
-    return None
-
-
-def check_same_encoder_shape(model: LoadedModel, parent: LoadedModel) -> None:
-    for field in ENCODER_DIMS:
-        ours, theirs = getattr(model.dims, field), getattr(parent.dims, field)
-        if ours != theirs:
-            raise InputError(f"{model.name} has {field}={ours} but its parent {parent.name} has {theirs}: "
-                             "they cannot share an encoder; pass the right --parent")
-
-
-def load_parent(model: LoadedModel, parent_source: str) -> LoadedModel:
+def load_parent(model: LoadedModel, parent_source: str, family: str | None = None, expected_sha256: str | None = None) -> LoadedModel:
     """The parent checkpoint, once its encoder is proven to be ``model``'s, tensor by tensor."""
-    parent = wconv.load_source(parent_source)
+    parent = wconv.load_source(parent_source, family, expected_sha256=expected_sha256)
     check_same_encoder_shape(model, parent)
-    differing = first_differing_encoder_tensor(model.state_dict, parent.state_dict)
+    differing = first_differing_encoder_tensor(model, parent)
     if differing:
         raise EncoderDiffers(f"{model.name}'s encoder differs from {parent.name}'s at tensor {differing}: "
                              "pass --convert-own-encoder to convert its own encoder")
+    return parent
+
+
+def is_converted_encoder(source: str) -> bool:
+    return Path(source).suffix in (".mlpackage", ".mlmodelc") and Path(source).is_dir()
+
+
+def load_parent_package(model: LoadedModel, package: Path, job: Job) -> LoadedModel | None:
+    """The checkpoint proving that the converted encoder ``package`` is ``model``'s: ``--parent-ggml``, else the
+    source named by the wconv manifest beside the package (checked by sha256); None under ``--trust-parent``.
+
+    The package is recorded in ``model.provenance`` (``parent_package``, ``parent_proof``) for ``wconv_reuse``.
+    """
+    if package.suffix == ".mlmodelc":
+        raise InputError(f"{package} is compiled: wconv links packages only; give the parent's .mlpackage or its ggml file "
+                         f"(or rename the .mlmodelc to ggml-{model.name}-encoder.mlmodelc yourself)")
+    manifest, _ = manifest_listing(package)
+    if job.parent_ggml:
+        proof, parent = "parent-ggml", load_parent(model, job.parent_ggml)
+    elif manifest is not None:
+        if not Path(manifest["source"]).exists():
+            raise InputError(f"the manifest beside {package} names its source {manifest['source']}, which is gone: pass "
+                             "--parent-ggml <the parent's ggml file> or --trust-parent")
+        proof, parent = "manifest", load_parent(model, manifest["source"], manifest["family"], manifest["checkpoint_sha256"])
+    elif job.trust_parent:
+        proof, parent = "trusted", None
+    else:
+        raise InputError(f"nothing proves that {package} holds {model.name}'s encoder: pass --parent-ggml <the parent's ggml "
+                         "file>, keep the parent's wconv manifest beside the package, or pass --trust-parent")
+    model.provenance.update(parent_package=str(package.resolve()), parent_proof=proof)
     return parent
 
 
@@ -111,13 +117,26 @@ def parent_cache_dir(parent: LoadedModel) -> Path:
     return wconv.cache_dir() / "encoders" / f"{parent.name}-{parent.source_sha256[:12]}"
 
 
+def manifest_listing(package: Path) -> tuple[dict, dict] | tuple[None, None]:
+    """(manifest, artifact entry) of the wconv manifest beside ``package`` that lists it, if any."""
+    for candidate in wconv.manifests_in(package.parent):
+        manifest = wconv.read_manifest(candidate)
+        for entry in manifest["artifacts"]:
+            if (candidate.parent / entry["file"]).resolve() == package.resolve():
+                return manifest, entry
+    return None, None
+
+
 def parent_encoder(model: LoadedModel, wanted: Artifact, job: Job) -> Reuse | None:
-    """The parent's converted encoder with ``wanted``'s IO, from the output or the cache.
+    """The parent's converted encoder with ``wanted``'s IO: the package given as ``--parent``, or one found in
+    the output or the cache.
 
     If there is none, whisper.cpp's encoder is converted from the parent once, into the cache;
     WhisperKit's AudioEncoder is not (converting the parent's whole folder would cost more than
     converting the same tensors here), nor is an encoder with enumerated lengths: ``None`` then.
     """
+    if package := model.provenance.get("parent_package"):
+        return package_reuse(model, Path(package), wanted)
     parent = model.parent
     package, manifest = find_converted_encoder(parent, wanted, [job.output, parent_cache_dir(parent)], job)
     if package is None:
@@ -127,8 +146,33 @@ def parent_encoder(model: LoadedModel, wanted: Artifact, job: Job) -> Reuse | No
                                min_target=job.min_target, min_psnr=job.min_psnr, force=True)
         package, manifest = result.paths[0], result.manifest
     return Reuse(path=package, parent=parent.name, details={
+        **parent_details(model),
+        "parent_verify": manifest["verify"],
+    })
+
+
+def package_reuse(model: LoadedModel, package: Path, wanted: Artifact) -> Reuse | None:
+    """The ``--parent`` package in place of whisper.cpp's fixed-shape encoder; other artifacts are converted.
+
+    A package whose manifest gives it other IO than ``wanted`` is refused.
+    """
+    if wanted.channels_first or any(spec.get("enumerated_frames") for spec in wanted.inputs):
+        return None
+    manifest, entry = manifest_listing(package)
+    if entry is not None and Artifact.from_entry(entry).contract() != wanted.contract():
+        raise InputError(f"{package} has other inputs or outputs than whisper.cpp's encoder ({wanted.filename}): give the "
+                         "parent's ggml-<model>-encoder.mlpackage")
+    if model.parent is None:
+        name = package.name.removeprefix("ggml-").removesuffix(".mlpackage").removesuffix("-encoder")
+        return Reuse(path=package, parent=name, details={"trusted": True})
+    verify = {"parent_verify": manifest["verify"]} if manifest else {}
+    return Reuse(path=package, parent=model.parent.name, details={**parent_details(model), **verify})
+
+
+def parent_details(model: LoadedModel) -> dict:
+    parent = model.parent
+    return {
         "parent_source": parent.source,
         "parent_sha256": parent.source_sha256,
         "encoder_tensors_compared": sum(1 for name in model.state_dict if name.startswith("encoder.")),
-        "parent_verify": manifest["verify"],
-    })
+    }
