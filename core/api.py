@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from pathlib import Path
 
 from .console import StageReporter
@@ -22,6 +24,8 @@ def build_job(model: str | os.PathLike, family: str | None = None, output: str |
     if unknown:
         raise InputError(f"unknown option '{unknown[0]}': use one of {', '.join(OPTION_NAMES)}")
     fields = {name: value for name, value in options.items() if value is not None}
+    for name, value in fields.items():
+        check_option_type(name, value)
     if "audio_lengths" in fields:
         try:
             fields["audio_lengths"] = tuple(int(frames) for frames in fields["audio_lengths"])
@@ -32,6 +36,24 @@ def build_job(model: str | os.PathLike, family: str | None = None, output: str |
     if "compress" in fields:
         fields["min_target"] = compression_target(fields["compress"], fields.get("min_target"))
     return Job(source=os.fspath(model), family=family, output=Path(output), **fields)
+
+
+def check_option_type(name: str, value) -> None:
+    """Refuse a value whose type the Job field cannot hold (a list for ``layout``, a string for ``force``...)."""
+    hint = typing.get_type_hints(Job)[name]
+    if typing.get_origin(hint) is tuple:
+        return  # audio_lengths: converted to ints below, with its own message
+    kinds = tuple(kind for kind in (typing.get_args(hint) if typing.get_origin(hint) is types.UnionType else (hint,))
+                  if kind is not type(None))
+    kinds += (int,) if float in kinds else ()
+    kinds += (str, os.PathLike) if Path in kinds else ()
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        expected = " or ".join(sorted({ACCEPTED_NAMES.get(kind, kind.__name__) for kind in kinds}))
+        raise InputError(f"option {name} takes {expected}, not {value!r}")
+
+
+ACCEPTED_NAMES = {str: "a string", bool: "true or false", int: "a number", float: "a number", Path: "a path",
+                  os.PathLike: "a path"}
 
 
 def compression_target(compress: str, pinned: str | None) -> str:
