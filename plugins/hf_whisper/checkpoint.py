@@ -9,9 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import re
-import zipfile
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +136,7 @@ def hub_snapshot(repo_id: str, patterns: list[str]) -> Path:
 def describe(error: BaseException) -> str:
     """An exception as one short line: its type and the first line of its message."""
     lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+    return f"{type(error).__name__}: {textwrap.shorten(lines[0], 200, placeholder=' …')}" if lines else type(error).__name__
 
 
 @dataclass
@@ -206,12 +205,13 @@ def read_weights(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        try:
             return load_file(path)
-        weights = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        raise InputError(f"cannot read {path}: missing, truncated or not a weight file ({describe(e)}); re-download it") from e
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            raise InputError(f"cannot read {path}: missing, truncated or not a weight file ({describe(e)}); re-download it") from e
+    weights = wconv.load_torch_file(path, resave="re-save it as safetensors where you trust it: "
+                                    "model.save_pretrained(dir, safe_serialization=True)")
     if not isinstance(weights, dict):
         raise InputError(f"{path} holds a {type(weights).__name__}, not a state dict")
     return weights
