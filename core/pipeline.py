@@ -19,6 +19,7 @@ from .job import Artifact, ArtifactKind, Check, Job, LoadedModel
 from .layouts import select_layout
 from .manager import FamilyHooks, family_names, get_plugin_manager, resolve_family
 from .manifest import build_manifest, describe_io, listed_files, manifest_filename, write_manifest
+from .runtime.reference import check_weights
 
 
 @dataclass
@@ -64,6 +65,7 @@ def load(job: Job, pm: pluggy.PluginManager, stage) -> LoadedModel:
     if model.family not in family_names(pm):
         raise StageError("load", [model.family], f"LoadedModel.family '{model.family}' is not a registered family: "
                          "a family plugin must report the name it is registered under")
+    check_weights(model.dims, model.state_dict, model.source)
     if job.name:
         model.name = job.name
     stage("patch", "patch", FamilyHooks(pm, model.family).wconv_patch, model=model, job=job)

@@ -12,6 +12,7 @@ from .errors import InputError
 from .job import Job, LoadedModel
 from .manager import FamilyHooks, get_plugin_manager, resolve_family
 from .pipeline import call_stage
+from .runtime.reference import check_weights
 
 
 def hub_repo_id(directory: Path) -> str | None:
@@ -29,6 +30,7 @@ def load_source(source: str, family: str | None = None, pm=None, expected_sha256
     job = Job(source=source, family=family, output=Path("."))
     hooks = FamilyHooks(pm, resolve_family(pm, family)) if family else pm.hook
     model = call_stage("load", hooks.wconv_load, job=job)
+    check_weights(model.dims, model.state_dict, model.source)
     call_stage("patch", FamilyHooks(pm, model.family).wconv_patch, model=model, job=job)
     if expected_sha256 and model.source_sha256 != expected_sha256:
         raise InputError(f"{source} is not the checkpoint these artifacts were converted from (sha256 differs): pass --against with the original")

@@ -351,7 +351,7 @@ def _parse_header(reader: _Reader) -> dict:
     while not reader.at_end():
         n_dims, name_length, type_id = reader.ints(3)
         shape = tuple(reversed(reader.ints(n_dims)))
-        name = reader.take(name_length).decode()
+        name = reader.take(name_length).decode("utf-8", errors="replace")
         if type_id not in type_names:
             raise InputError(f"{path}: tensor {name} has ggml type {type_id}, which wconv cannot read")
         nbytes = _data_size(type_names[type_id], shape)

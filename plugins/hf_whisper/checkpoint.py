@@ -75,7 +75,7 @@ def read_whisper_config(directory: Path) -> dict:
     if not isinstance(config, dict):
         raise InputError(f"{path} is not a JSON object; re-download the model")
     model_type, architectures = config.get("model_type"), config.get("architectures") or []
-    if model_type != "whisper" or (architectures and ARCHITECTURE not in architectures):
+    if model_type != "whisper" or not isinstance(architectures, list) or (architectures and ARCHITECTURE not in architectures):
         found = f"model_type {model_type!r}" + (f" and architectures {architectures}" if architectures else "")
         raise InputError(f"{directory} is not a Whisper speech-to-text model: its config.json has {found}, "
                          f"the hf family reads {ARCHITECTURE}")
@@ -156,8 +156,12 @@ def read_checkpoint(directory: Path) -> HFCheckpoint:
     """Read config, generation config and weights of the model in ``directory`` (and find its tokenizer.json)."""
     from transformers import WhisperConfig
 
-    config = WhisperConfig.from_dict(read_whisper_config(directory))
-    problems = unsupported_settings(config)
+    settings = read_whisper_config(directory)
+    try:
+        config = WhisperConfig.from_dict(settings)
+        problems = unsupported_settings(config)
+    except Exception as e:  # transformers checks the fields' types in its own ways
+        raise InputError(f"{directory / 'config.json'} is not a valid WhisperConfig ({describe(e)}); re-download the model") from e
     if problems:
         raise InputError(f"{directory}: openai-whisper's architecture cannot express {', '.join(problems)}")
     files = weight_files(directory)
