@@ -59,8 +59,8 @@ def staging_dir(output: Path, name: str = "", space_needed=None):
         shutil.rmtree(staging, ignore_errors=True)
         if created and not any(output.iterdir()):
             output.rmdir()
-        if full := full_device(e):
-            raise disk_full_error(full, output, space_needed) from e
+        if (full := full_device(e)) is not None:
+            raise disk_full_error(full or str(output), output, space_needed) from e
         raise
     else:
         shutil.rmtree(staging, ignore_errors=True)
@@ -100,12 +100,13 @@ def is_locked(directory: Path) -> bool:
 
 
 def full_device(error: BaseException | None) -> str | None:
-    """Where the disk was full if ``error`` (or what caused it) says so; shutil.copytree reports it as text."""
+    """Where the disk was full ("" if the error does not say) if ``error`` or what caused it says so;
+    shutil.copytree reports it as text."""
     while error is not None:
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return error.filename or "?"
+            return str(error.filename or "")
         if isinstance(error, shutil.Error) and "No space left on device" in str(error):
-            return next((dst for _, dst, why in error.args[0] if "No space left" in str(why)), "?")
+            return next((dst for _, dst, why in error.args[0] if "No space left" in str(why)), "")
         error = error.__cause__ or error.__context__
     return None
 
