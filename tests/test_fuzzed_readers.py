@@ -26,7 +26,7 @@ from wconv.plugins.hf_whisper.checkpoint import read_checkpoint
 
 from test_ct2 import model_bin
 
-FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=80, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 DIMS = ModelDimensions(n_mels=80, n_audio_ctx=4, n_audio_state=8, n_audio_head=2, n_audio_layer=1, n_vocab=6,
                        n_text_ctx=3, n_text_state=8, n_text_head=2, n_text_layer=1)
@@ -211,7 +211,7 @@ def test_the_hf_seed_loads(hf_seed, tmp_path):
     assert load_source(str(tmp_path), "hf").dims.n_audio_state == 8
 
 
-@settings(FUZZ, max_examples=40)
+@settings(FUZZ, max_examples=30)
 @given(data=st.data())
 def test_damaged_hf_config_or_safetensors(hf_seed, data):
     from wconv import load_source
