@@ -11,7 +11,6 @@ import tracemalloc
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -22,7 +21,6 @@ from wconv.errors import InputError
 from wconv.layouts import ggml
 from wconv.manifest import read_manifest
 from wconv.plugins.ct2_whisper.ct2_format import load_ct2_whisper
-from wconv.plugins.hf_whisper.checkpoint import read_checkpoint
 
 from test_ct2 import model_bin
 

@@ -25,15 +25,14 @@ from wconv.tools.random_checkpoints import write_random_checkpoint
 
 NOTES_PLUGIN = '''
 import os
-import time
-from pathlib import Path
+import signal
 
 import wconv
 
 
 class Notes(wconv.Layout):
-    """No Core ML: one note per run, named after --ggml-type. $NOTES_SIZE bytes long; with $NOTES_READY it says
-    so in that file and waits (for a signal)."""
+    """No Core ML: one note per run, named after --ggml-type, $NOTES_SIZE bytes long; then stops as
+    $NOTES_INTERRUPT (Ctrl-C) or $NOTES_TERMINATE (SIGTERM) say."""
 
     name = "notes"
 
@@ -46,11 +45,10 @@ class Notes(wconv.Layout):
     def write_extra_files(self, model, job, folder):
         (note,) = self.extra_files(model, job)
         (folder / note).write_bytes(b"x" * int(os.environ.get("NOTES_SIZE", "10")))
-        if ready := os.environ.get("NOTES_READY"):
-            Path(ready).write_text("ready")
-            time.sleep(120)
         if os.environ.get("NOTES_INTERRUPT"):
             raise KeyboardInterrupt
+        if os.environ.get("NOTES_TERMINATE"):
+            os.kill(os.getpid(), signal.SIGTERM)
         return [{"file": note, "kind": "note"}]
 
 
@@ -209,22 +207,14 @@ def test_a_second_run_is_refused_while_one_runs_and_dead_runs_staging_is_removed
 
 
 def test_ctrl_c_exits_130_and_sigterm_143_leaving_nothing(tmp_path, tiny_pt, notes):
-    interrupted = invoke("run", tiny_pt, "--layout", "notes", "-o", tmp_path / "out", env={"NOTES_INTERRUPT": "1"})
-    assert interrupted.exit_code == 130 and interrupted.stderr.splitlines()[-1] == "Interrupted: the unfinished run's files were removed"
-    assert not (tmp_path / "out").exists()
-
-    ready = tmp_path / "ready"
-    env = {**os.environ, "PYTHONPATH": str(notes), "NOTES_READY": str(ready)}
-    run = subprocess.Popen([Path(sys.executable).parent / "wconv", "run", tiny_pt, "--layout", "notes", "-o", tmp_path / "out"],
-                           env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not ready.exists() and run.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert any((tmp_path / "out").glob(".wconv-staging-tiny-*/tiny-f16.txt"))
-    run.send_signal(signal.SIGTERM)
-    _, stderr = run.communicate(timeout=60)
-    assert run.returncode == 143 and stderr.splitlines()[-1] == "Terminated: the unfinished run's files were removed", stderr
-    assert "Traceback" not in stderr and not (tmp_path / "out").exists()
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        for stop, code, said in (("NOTES_INTERRUPT", 130, "Interrupted"), ("NOTES_TERMINATE", 143, "Terminated")):
+            result = invoke("run", tiny_pt, "--layout", "notes", "-o", tmp_path / "out", env={stop: "1"})
+            assert result.exit_code == code and result.stderr.splitlines()[-1] == f"{said}: the unfinished run's files were removed"
+            assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_a_full_disk_is_one_line_with_the_space_needed_and_nothing_left(tmp_path, tiny_pt, notes):
