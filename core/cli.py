@@ -1,6 +1,6 @@
 """The ``wconv`` command line: a thin layer over the pipeline and the plugin manager.
 
-Exit codes: 0 ok, 1 conversion or verification failure, 2 usage or input error.
+Exit codes: 0 ok, 1 conversion or verification failure, 2 usage or input error, 130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
