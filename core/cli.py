@@ -16,10 +16,8 @@ from rich.table import Table
 
 from .console import quiet_libraries
 from .errors import InputError, WconvError
-from .job import JOB_DEFAULTS
+from .job import JOB_DEFAULTS, MIN_TARGETS
 from .layouts.ggml import WRITABLE_TYPES
-
-MIN_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 
 
 class WconvGroup(click.Group):
@@ -86,13 +84,16 @@ def parse_audio_lengths(ctx, param, value):
 @click.option("--folder-suffix", help="whisperkit: appended to the folder name as _SUFFIX.")
 @click.option("--ggml-type", type=click.Choice(WRITABLE_TYPES), default=JOB_DEFAULTS["ggml_type"], show_default=True, help="Weight type of the ggml file.")
 @click.option("--compress", help="Compress the Core ML weights: int8, int4, palette8|6|4|3|2[gN], mixed:BITS or a recipe .json.")
+@click.option("--precision", type=click.Choice(["float16", "float32"]),
+              help="Weights and compute of the converted models [default: float16]; float32 only for --layout coreai "
+                   "(its CPU runtime runs fp16 ~33x slower).")
 @click.option("--decoder", type=click.Choice(["stateful", "cache-io"]),
               help="Also convert a Core ML text decoder: stateful (MLState, iOS18+) or cache-io (WhisperKit's contract, iOS16+).")
 @click.option("--parent", help="distil: the model it was distilled from (name, .pt or directory).")
 @click.option("--convert-own-encoder", is_flag=True, help="distil: convert the distil encoder instead of reusing the parent's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def run(model, sample, family, output, name, force, min_target, audio_lengths, no_verify, min_psnr, verify_input, layout,
-        folder_suffix, ggml_type, compress, decoder, parent, convert_own_encoder, as_json):
+        folder_suffix, ggml_type, compress, precision, decoder, parent, convert_own_encoder, as_json):
     """Convert MODEL (a name, path or hub id) into Core ML artifacts."""
     from .api import convert
 
@@ -105,7 +106,7 @@ def run(model, sample, family, output, name, force, min_target, audio_lengths, n
 
     result = convert(model, family, output, name=name, force=force, min_target=min_target, audio_lengths=audio_lengths,
                      verify=not no_verify, min_psnr=min_psnr, verify_input=verify_input, layout=layout,
-                     folder_suffix=folder_suffix, ggml_type=ggml_type, compress=compress, decoder=decoder, parent=parent, convert_own_encoder=convert_own_encoder or None)
+                     folder_suffix=folder_suffix, ggml_type=ggml_type, compress=compress, precision=precision, decoder=decoder, parent=parent, convert_own_encoder=convert_own_encoder or None)
     report(result, as_json)
 
 
@@ -244,6 +245,22 @@ def layouts(as_json):
         "layout": lambda row: row["name"], "description": lambda row: row["description"], "module": lambda row: row["module"]})
 
 
+@cli.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per artifact, one per line.")
+def inspect(artifacts, as_json):
+    """What is inside ARTIFACTS (.mlpackage, WhisperKit folder, ggml file), what would run on the ANE, what fits which device."""
+    from .inspection.report import inspect_paths, print_report
+
+    reports = inspect_paths(list(artifacts))
+    console = Console(soft_wrap=True)
+    for report in reports:
+        if as_json:
+            click.echo(json.dumps(report))
+        else:
+            print_report(report, console)
+
+
 @cli.command("sample-checkpoint")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--dims", "size", type=click.Choice(["tiny", "base", "small", "medium", "large-v3"]), default="tiny", show_default=True)
@@ -261,16 +278,38 @@ def sample_checkpoint(path, size, seed, force):
 
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--jobs", "-j", "parallel", type=click.IntRange(min=1), default=1, show_default=True, help="How many jobs run at once.")
+@click.option("--executor", type=click.Choice(["local", "ray"]),
+              help="Where the jobs run: local processes, or tasks on a Ray cluster [default: the manifest's `executor`, else local].")
+@click.option("--address", help="ray: the cluster to join [default: RAY_ADDRESS, a cluster started here with `ray start`, "
+                                "else a local one for this batch].")
+@click.option("--jobs", "-j", "parallel", type=click.IntRange(min=1),
+              help="How many jobs run at once [default: local 1; ray: as many as the cluster's CPUs and memory hold].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per job on stdout as it ends.")
 @click.option("--force", is_flag=True, help="Redo up-to-date jobs and overwrite existing artifacts.")
-def batch(manifest, parallel, as_json, force):
+@click.option("--dry-run", is_flag=True, help="Check the manifest and print what each job would do and the memory it needs; run nothing.")
+def batch(manifest, executor, address, parallel, as_json, force, dry_run):
     """Run the conversions listed in MANIFEST (TOML), each in its own process; skip those up to date."""
-    from .tools.batch import FAILED, load_batch, run_batch
+    from .tools.batch import FAILED, dry_run_rows, load_batch, run_batch
+    from .tools.executors import make_executor
 
-    jobs = load_batch(manifest, force)
-    print_json = (lambda outcome: click.echo(json.dumps(outcome.to_dict()))) if as_json else None
-    outcomes = run_batch(jobs, parallel, on_outcome=print_json)
+    loaded = load_batch(manifest, force)
+    name = executor or loaded.executor or "local"
+    if address and name != "ray":
+        raise click.UsageError("--address names a Ray cluster: add --executor ray")
+    runner = make_executor(name, parallel, address)
+    if dry_run:
+        rows = dry_run_rows(loaded.jobs)
+        if as_json:
+            for row in rows:
+                click.echo(json.dumps(row))
+        else:
+            show_rows(rows, False, {"#": lambda row: str(row["job"]), "model": lambda row: row["model"], "action": lambda row: row["action"],
+                                    "memory": lambda row: f"{row['memory_gib']:.1f} GiB", "dims from": lambda row: row["dims_from"]})
+            click.echo(f"executor: {runner.plan()}")
+        return
+    stdout = sys.stdout  # the Ray executor sends what Ray prints there to stderr
+    print_json = (lambda outcome: click.echo(json.dumps(outcome.to_dict()), file=stdout)) if as_json else None
+    outcomes = run_batch(loaded.jobs, runner, on_outcome=print_json)
     if any(outcome.status == FAILED for outcome in outcomes):
         sys.exit(1)
 

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 # Fields of a Job that only say where and how to run, not what the artifacts are (left out of the manifest's options).
 RUN_SETTINGS = ("source", "family", "output", "name", "force", "verify", "verify_input")
+MIN_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Job:
     decoder: str | None = None
     ggml_type: str = "f16"
     compress: str | None = None
+    precision: str | None = None  # the layout's default (float16)
     folder_suffix: str | None = None
     parent: str | None = None
     convert_own_encoder: bool = False

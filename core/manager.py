@@ -16,11 +16,14 @@ from .errors import InputError
 # Core's default stages (one concern each) and layouts, then the built-in families under their entry-point names.
 CORE_PLUGINS = {
     "wconv.conversion": "wconv.conversion.defaults",
+    "wconv.conversion.coreai": "wconv.conversion.coreai",
     "wconv.compression": "wconv.compress.defaults",
     "wconv.verification": "wconv.verify.defaults",
+    "wconv.verification.coreai": "wconv.verify.coreai",
     "wconv.layouts.whispercpp": "wconv.layouts.whispercpp",
     "wconv.layouts.coreml": "wconv.layouts.coreml",
     "wconv.layouts.whisperkit": "wconv.layouts.whisperkit",
+    "wconv.layouts.coreai": "wconv.layouts.coreai",
 }
 BUILTIN_PLUGINS = {
     **CORE_PLUGINS,

@@ -25,7 +25,11 @@ def package_version(package: str) -> str | None:
 
 
 def describe_io(path: Path) -> dict:
-    """Names, shapes and dtypes of a saved .mlpackage's inputs, outputs and states, read from its spec."""
+    """Names, shapes and dtypes of a saved .mlpackage's inputs, outputs and states, read from its spec (or a Core AI .aimodel's)."""
+    if Path(path).suffix == ".aimodel":
+        from .runtime.coreai import describe_aimodel
+
+        return describe_aimodel(path)
     import coremltools as ct
 
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()

@@ -44,3 +44,12 @@ def openai_base_model(ct2_base):
     dims = ct2_base.dims
     model.set_alignment_heads(alignment_heads_dump(ct2_base.alignment_heads, dims.n_text_layer, dims.n_text_head))
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster (2 CPUs, 12 GiB of memory to hand out, no dashboard), started once per session; skips without Ray."""
+    ray = pytest.importorskip("ray", reason='the Ray executor needs Ray: pip install -e ".[ray]"')
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _memory=12 * 2**30)  # memory: a fixed figure, not what is free now
+    yield ray
+    ray.shutdown()

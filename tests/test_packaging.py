@@ -4,6 +4,7 @@ import subprocess
 import sys
 import sysconfig
 import venv
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,6 +14,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path):
     subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", tmp_path / "dist", ROOT],
                    check=True, capture_output=True)
     (wheel,) = (tmp_path / "dist").glob("wconv-*.whl")
+    assert "wconv/inspection/devices.json" in zipfile.ZipFile(wheel).namelist()  # package data `wconv inspect` reads
     # The running environment (a venv or not) provides the heavy dependencies (torch, coremltools) through a
     # .pth line; its own .pth files (an editable wconv among them) are not read that way: wconv comes from the wheel.
     venv.create(tmp_path / "venv", with_pip=True)

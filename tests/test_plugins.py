@@ -188,7 +188,7 @@ def test_a_plugin_registers_a_third_layout_and_converts_with_it(pm, tmp_path):
     from wconv.tools.plugins_info import describe_layouts
 
     pm.register(LayoutPlugin(), "bundle")
-    assert {row["name"] for row in describe_layouts(pm)} == {"coreml", "encoder-bundle", "whispercpp", "whisperkit"}
+    assert {row["name"] for row in describe_layouts(pm)} == {"coreai", "coreml", "encoder-bundle", "whispercpp", "whisperkit"}
     checkpoint = write_random_checkpoint(tmp_path / "tiny.pt", "tiny")
     result = pipeline.run(wconv.Job(source=str(checkpoint), output=tmp_path / "out", layout="encoder-bundle"), pm)
     folder = tmp_path / "out" / "tiny-bundle"
@@ -221,7 +221,7 @@ def test_layouts_command_lists_the_builtins():
     result = CliRunner().invoke(cli, ["layouts", "--json"])
     assert result.exit_code == 0, result.output
     rows = {row["name"]: row for row in json.loads(result.output)}
-    assert set(rows) == {"coreml", "whispercpp", "whisperkit"}
+    assert set(rows) == {"coreai", "coreml", "whispercpp", "whisperkit"}
     assert rows["whisperkit"]["module"] == "wconv.layouts.whisperkit"
 
 

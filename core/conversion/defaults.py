@@ -66,14 +66,13 @@ def dynamic_shapes(artifact: Artifact):
     """torch.export dims for inputs with enumerated frame counts (None: everything static)."""
     from torch.export import Dim
 
-    specs = [spec.get("enumerated_frames") for spec in artifact.inputs]
-    if not any(specs):
+    if not any(spec.get("enumerated_frames") for spec in artifact.inputs):
         return None
     shapes = []
-    for frames in specs:
-        if frames:
+    for spec in artifact.inputs:
+        if frames := spec.get("enumerated_frames"):
             half = Dim("half_frames", min=min(frames) // 2, max=max(frames) // 2)
-            shapes.append({2: 2 * half})
+            shapes.append({len(spec["shape"]) - 1: 2 * half})  # frames are the last axis in either layout
         else:
             shapes.append(None)
     return tuple(shapes)

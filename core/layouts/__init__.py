@@ -23,6 +23,7 @@ class Layout:
 
     name: str = ""
     description: str = ""
+    precisions: tuple[str, ...] = ("float16",)  # the --precision values this layout writes
 
     def check_options(self, job: Job) -> None:
         """Refuse options that do not apply to this layout (an :class:`InputError`), before anything loads."""
@@ -75,5 +76,7 @@ def select_layout(pm: pluggy.PluginManager, job: Job) -> Layout:
     if job.layout not in layouts:
         raise InputError(f"unknown layout '{job.layout}': choose one of {', '.join(sorted(layouts))} (see `wconv layouts`)")
     layout = layouts[job.layout]
+    if job.precision and job.precision not in layout.precisions:
+        raise InputError(f"--precision {job.precision} does not apply to --layout {layout.name}: it writes {', '.join(layout.precisions)}")
     layout.check_options(job)
     return layout

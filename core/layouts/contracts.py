@@ -42,6 +42,11 @@ def whispercpp_encoder(model: LoadedModel, frames: tuple[int, ...] = (N_FRAMES,)
     )
 
 
+def length_function(frames: int) -> str:
+    """The function of a Core AI encoder with enumerated lengths that takes ``frames`` (the others' is ``main``)."""
+    return f"main_frames_{frames}"
+
+
 def decoder_filename(name: str, variant: str) -> str:
     return f"{name}-decoder-{variant}.mlpackage"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..hookspecs import hookimpl
 from ..job import Artifact, Job, LoadedModel
 from .coreml import CoreMLLayout
-from .ggml import ggml_file_name, vocab_from_hf_tokenizer, vocab_from_tiktoken, write_ggml
+from .ggml import _check_writable, ggml_file_name, vocab_from_hf_tokenizer, vocab_from_tiktoken, write_ggml
 from .xcode import compile_command, compile_package
 
 
@@ -24,6 +24,10 @@ def ggml_vocab(model: LoadedModel) -> list[bytes]:
 class WhisperCppLayout(CoreMLLayout):
     name = "whispercpp"
     description = "whisper.cpp: ggml-<name>-encoder.mlpackage + ggml-<name>.bin (--ggml-type) in the output"
+
+    def check_options(self, job: Job) -> None:
+        super().check_options(job)
+        _check_writable(job.ggml_type)  # before anything loads, not when the ggml file is written
 
     def extra_files(self, model: LoadedModel, job: Job) -> list[str]:
         return [ggml_file_name(model.name, job.ggml_type)]

@@ -1,5 +1,6 @@
 """Run a saved ``.mlpackage``: Core ML on macOS (CPU_ONLY and ALL compute units), wconv's own numpy
-evaluator (:mod:`wconv.runtime.evaluator`) elsewhere, where Core ML cannot run; encoder feeds in either layout."""
+evaluator (:mod:`wconv.runtime.evaluator`) elsewhere, where Core ML cannot run; a Core AI ``.aimodel`` with
+coreai-core's runtime (:mod:`wconv.runtime.coreai`); encoder feeds in either layout."""
 
 from __future__ import annotations
 
@@ -24,13 +25,22 @@ def encoder_features(encoder: Artifact, outputs: dict) -> np.ndarray:
     return features[:, :, 0, :].transpose(0, 2, 1) if encoder.channels_first else features
 
 
-def platform_methods() -> tuple[str, ...]:
-    """How this machine can run a saved artifact: Core ML compute units on macOS, the evaluator elsewhere."""
+def platform_methods(path: Path | None = None) -> tuple[str, ...]:
+    """How this machine can run a saved artifact: Core ML compute units on macOS, the evaluator elsewhere;
+    a ``.aimodel`` (``path``) with coreai-core's runtime."""
+    if path is not None and Path(path).suffix == ".aimodel":
+        from .coreai import METHOD
+
+        return (METHOD,)
     return ("coreml-CPU_ONLY", "coreml-ALL") if sys.platform == "darwin" else ("wconv-evaluator",)
 
 
 def load_artifact(path: Path, method: str | None = None):
-    """A saved .mlpackage ready for ``predict(inputs, state=None)`` and ``make_state()``."""
+    """A saved .mlpackage (or .aimodel) ready for ``predict(inputs, state=None)`` and ``make_state()``."""
+    if Path(path).suffix == ".aimodel":
+        from .coreai import AIModelRunner
+
+        return AIModelRunner(Path(path))
     method = method or platform_methods()[0]
     if method.startswith("coreml-"):
         import coremltools as ct
@@ -42,8 +52,8 @@ def load_artifact(path: Path, method: str | None = None):
 
 
 def run_artifact(path: Path, inputs: dict, method: str | None = None) -> tuple[dict, str]:
-    """Predict once with a saved .mlpackage; returns the outputs and the method used."""
-    method = method or platform_methods()[0]
+    """Predict once with a saved .mlpackage (or .aimodel); returns the outputs and the method used."""
+    method = method or platform_methods(path)[0]
     return load_artifact(path, method).predict(inputs), method
 
 

@@ -1,18 +1,21 @@
-"""`wconv batch`: the conversions listed in a TOML manifest, each in its own process.
+"""`wconv batch`: the conversions listed in a TOML manifest, each in its own process (locally or on Ray).
 
     output = "dist"                # default output dir, relative to the manifest
+    executor = "local"             # or "ray" (`--executor` wins)
     [defaults]                     # settings every job starts from
     verify = false
     [[job]]
     model = "checkpoints/a.pt"     # + family, output, name, plugins, any convert() option
 
-A job runs with the manifest's folder as working directory, so relative paths resolve there and a
-``plugins`` module may sit beside the manifest. A job is *up to date*, and skipped without loading
-the model, when its output dir holds a manifest of the same model (and name, if given) with the
-job's options, all its artifacts and only passed checks (at least one if the job verifies), and
-the local checkpoint file still has the recorded sha256 (a local directory: no file newer than the
-manifest; hub ids and model names: the model string is all that is compared). A stale result of
-the same job is replaced; other existing files only with ``force``.
+Every job's options are checked before the first job runs. A job runs with the manifest's folder as
+working directory, so relative paths resolve there and a ``plugins`` module may sit beside the
+manifest. A job is *up to date*, and skipped before it is handed to an executor, when its output dir
+holds a manifest of the same model (and name, if given) with the job's options, all its artifacts
+and only passed checks (at least one if the job verifies), and the local checkpoint file still has
+the recorded sha256 (a local directory: no file newer than the manifest; hub ids and model names:
+the model string is all that is compared). A stale result of the same job is replaced; other
+existing files only with ``force``. Executors (``wconv.tools.executors``) run the other jobs and
+report :class:`Event`s.
 """
 
 from __future__ import annotations
@@ -21,18 +24,14 @@ import dataclasses
 import difflib
 import importlib
 import json
-import multiprocessing
 import os
 import shutil
-import signal
 import sys
-import time
 import tomllib
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.live import Live
@@ -43,7 +42,7 @@ from ..api import OPTION_NAMES, build_job
 from ..console import StageReporter, quiet_libraries
 from ..errors import InputError, WconvError
 from ..files import STAGING_PREFIX, sha256_file
-from ..job import JOB_DEFAULTS, Job
+from ..job import JOB_DEFAULTS, MIN_TARGETS, Job
 from ..manifest import manifests_in, read_manifest
 from ..pipeline import Result, run
 
@@ -61,7 +60,8 @@ JOB_SETTINGS = {"model": (is_string, "a string"), "family": (is_string, "a strin
                 "plugins": (is_string_list, "a list of module names")}
 DONE, UP_TO_DATE, FAILED = "done", "up to date", "failed"
 STATUS_STYLES = {DONE: "green", UP_TO_DATE: "cyan", FAILED: "red"}
-TOP_LEVEL_KEYS = ("output", "defaults", "job")
+TOP_LEVEL_KEYS = ("output", "executor", "defaults", "job")
+EXECUTORS = ("local", "ray")
 JOB_KEYS = tuple(JOB_SETTINGS) + OPTION_NAMES
 CHECKSUM_CACHE = ".wconv-checksums.json"
 STAGING_GLOB = STAGING_PREFIX + "*"
@@ -97,8 +97,17 @@ class Outcome:
         return f"{FAILED}: {self.error}" if self.status == FAILED else self.status
 
 
-def load_batch(path: Path, force: bool = False) -> list[BatchJob]:
-    """Read and check a whole manifest; the first problem is an InputError naming the job and key."""
+@dataclass(frozen=True)
+class Batch:
+    """A whole manifest: its jobs and the executor it asks for (None: not said)."""
+
+    jobs: list[BatchJob]
+    executor: str | None = None
+
+
+def load_batch(path: Path, force: bool = False) -> Batch:
+    """Read and check a whole manifest: a problem of the file is an InputError; problems of jobs are
+    collected, one line per bad job, into one InputError before anything runs."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -109,6 +118,9 @@ def load_batch(path: Path, force: bool = False) -> list[BatchJob]:
     check_keys(data, TOP_LEVEL_KEYS, "batch manifest")
     defaults = data.get("defaults", {})
     entries = data.get("job", [])
+    executor = data.get("executor")
+    if executor is not None and executor not in EXECUTORS:
+        raise InputError(f"{path}: unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     if not isinstance(defaults, dict):
         raise InputError(f"{path}: 'defaults' must be a table ([defaults])")
     if not entries or not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
@@ -116,17 +128,26 @@ def load_batch(path: Path, force: bool = False) -> list[BatchJob]:
     check_keys(defaults, JOB_KEYS, "[defaults]")
     folder = path.resolve().parent
     jobs: list[BatchJob] = []
+    problems: list[str] = []
     writers: dict[tuple, int] = {}
+    checker = JobChecker(folder)
     for index, entry in enumerate(entries, 1):
-        check_keys(entry, JOB_KEYS, f"job {index}")
         settings = {"output": data.get("output", "models"), **defaults, **entry, **({"force": True} if force else {})}
-        batch_job = make_batch_job(index, settings, folder)
+        try:
+            check_keys(entry, JOB_KEYS, f"job {index}")
+            batch_job = make_batch_job(index, settings, folder)
+            checker.check(batch_job)
+        except InputError as e:
+            problems.append(str(e) if str(e).startswith(f"job {index}") else f"job {index}: {e}")
+            continue
         job = batch_job.job
         first = writers.setdefault((job.source, job.name, job.output), index)
         if first != index:
-            raise InputError(f"job {index} would write the same artifacts as job {first} (same model and output): give it another output or name")
+            problems.append(f"job {index} would write the same artifacts as job {first} (same model and output): give it another output or name")
         jobs.append(batch_job)
-    return jobs
+    if problems:
+        raise InputError("\n".join(problems))
+    return Batch(jobs, executor)
 
 
 def check_keys(table: dict, allowed: tuple[str, ...], where: str) -> None:
@@ -155,6 +176,45 @@ def make_batch_job(index: int, settings: dict, folder: Path) -> BatchJob:
     return BatchJob(index=index, job=job, plugins=plugins, folder=folder)
 
 
+class JobChecker:
+    """Checks a job's options as its run would, before anything loads: layout (and the options it
+    refuses), family, minimum target, plugin modules. One plugin manager per set of plugin modules."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.managers: dict[tuple[str, ...], object] = {}
+
+    def check(self, batch_job: BatchJob) -> None:
+        from ..layouts import select_layout
+        from ..manager import resolve_family
+
+        job = batch_job.job
+        if job.min_target not in MIN_TARGETS:
+            raise InputError(f"unknown min_target '{job.min_target}': use one of {', '.join(MIN_TARGETS)}")
+        pm = self.plugin_manager(batch_job.plugins)
+        select_layout(pm, job)
+        if job.family:
+            resolve_family(pm, job.family)
+
+    def plugin_manager(self, plugins: tuple[str, ...]):
+        from ..manager import get_plugin_manager
+
+        if plugins not in self.managers:
+            with importable_from(self.folder):
+                self.managers[plugins] = get_plugin_manager(extra=[import_plugin(name) for name in plugins])
+        return self.managers[plugins]
+
+
+@contextmanager
+def importable_from(folder: Path):
+    """Modules in ``folder`` (a manifest's plugins) can be imported inside the block."""
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+
+
 # ---- in the child process -------------------------------------------------------------------
 
 
@@ -169,42 +229,39 @@ class StageForwarder(StageReporter):
         return call(**kwargs)
 
 
-def work(batch_job: BatchJob, connection) -> None:
-    """Child process entry: send ("stage", label) messages, then ("outcome", Outcome)."""
+def convert_job(batch_job: BatchJob, send_stage: Callable[[str], None]) -> Outcome:
+    """A worker's whole task: convert the job in the manifest's folder, replacing a stale result of the
+    same job; any error becomes a failed Outcome. ``send_stage`` gets each stage's label."""
     quiet_libraries()
     os.chdir(batch_job.folder)
     sys.path.insert(0, str(batch_job.folder))
-    try:
-        outcome = execute(batch_job, lambda label: connection.send(("stage", label)))
-    except KeyboardInterrupt:
-        return  # the staging dir is already gone; the parent is stopping too
-    except WconvError as e:
-        outcome = Outcome(batch_job.index, batch_job.job.source, FAILED, error=one_line(str(e)))
-    except Exception as e:
-        outcome = Outcome(batch_job.index, batch_job.job.source, FAILED, error=one_line(f"{type(e).__name__}: {e}"))
-    connection.send(("outcome", outcome))
-
-
-def execute(batch_job: BatchJob, send_stage: Callable[[str], None]) -> Outcome:
-    """Skip the job if it is up to date, else convert it, replacing a stale result of the same job."""
     job = batch_job.job
-    earlier = earlier_manifests(job)
-    if not job.force:
-        send_stage("check")
-        current = next((manifest for manifest in earlier if is_up_to_date(job, manifest)), None)
-        if current:
-            return outcome_of_manifest(batch_job, current)
-    from ..manager import get_plugin_manager
+    try:
+        from ..manager import get_plugin_manager
 
-    pm = get_plugin_manager(extra=[import_plugin(name) for name in batch_job.plugins])
-    result = run(job.replace(force=job.force or bool(earlier)), pm, StageForwarder(send_stage))
+        pm = get_plugin_manager(extra=[import_plugin(name) for name in batch_job.plugins])
+        result = run(job.replace(force=job.force or bool(earlier_manifests(job))), pm, StageForwarder(send_stage))
+    except WconvError as e:
+        return Outcome(batch_job.index, job.source, FAILED, error=one_line(str(e)))
+    except Exception as e:
+        return Outcome(batch_job.index, job.source, FAILED, error=one_line(f"{type(e).__name__}: {e}"))
     return outcome_of_result(batch_job, result)
+
+
+def up_to_date_outcome(batch_job: BatchJob) -> Outcome | None:
+    """The outcome of a job whose earlier result is up to date (not forced), without running it; else None."""
+    job = batch_job.job
+    if job.force:
+        return None
+    source = batch_job.folder / job.source  # as the job's process, which runs in the manifest's folder, sees it
+    current = next((manifest for manifest in earlier_manifests(job) if is_up_to_date(job, manifest, source)), None)
+    return outcome_of_manifest(batch_job, current) if current else None
 
 
 def import_plugin(name: str):
     try:
         return importlib.import_module(name)
-    except ImportError as e:
+    except (ImportError, ValueError) as e:  # ValueError: an empty or relative name
         raise InputError(f"cannot import plugin module '{name}': {e}") from e
 
 
@@ -219,14 +276,14 @@ def earlier_manifests(job: Job) -> list[dict]:
     return found
 
 
-def is_up_to_date(job: Job, manifest: dict) -> bool:
-    """Whether ``manifest`` records what ``job`` would produce now, with every artifact in place
-    (and verified, if the job verifies)."""
+def is_up_to_date(job: Job, manifest: dict, source: Path) -> bool:
+    """Whether ``manifest`` records what ``job`` would produce now from ``source`` (its model as a path),
+    with every artifact in place (and verified, if the job verifies)."""
     return (recorded_options(manifest) == json.loads(json.dumps(job.describe_options(), default=str))
             and (bool(manifest["verify"]) or not job.verify)
             and all(check["passed"] for check in manifest["verify"])
             and all((Path(manifest["_path"]).parent / entry["file"]).exists() for entry in manifest["artifacts"])
-            and source_unchanged(Path(job.source), manifest, job.output))
+            and source_unchanged(source, manifest, job.output))
 
 
 def recorded_options(manifest: dict) -> dict:
@@ -289,37 +346,56 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def dry_run_rows(jobs: list[BatchJob]) -> list[dict]:
+    """What each job would do (``run``, ``skip: up to date``) and the memory it needs, for ``--dry-run``."""
+    from .job_memory import estimate_memory
+
+    rows = []
+    for batch_job in jobs:
+        estimate = estimate_memory(batch_job.job, batch_job.folder)
+        rows.append({"job": batch_job.index, "model": batch_job.job.source,
+                     "action": f"skip: {UP_TO_DATE}" if up_to_date_outcome(batch_job) else "run",
+                     "memory_gib": estimate.gib, "parameters": estimate.parameters, "dims_from": estimate.dims_from})
+    return rows
+
+
 # ---- in the parent process ------------------------------------------------------------------
 
 
-class Worker:
-    """A spawned process running one batch job, and the pipe it reports on."""
+@dataclass
+class Event:
+    """What an executor reports about one job: a new ``state`` for the table, or its ``outcome``
+    (``died``: its process ended without cleaning up, so its staging dir is swept)."""
 
-    def __init__(self, context, batch_job: BatchJob):
-        self.batch_job = batch_job
-        self.outcome: Outcome | None = None
-        self.connection, child_end = context.Pipe(duplex=False)
-        self.process = context.Process(target=work, args=(batch_job, child_end), name=f"wconv-batch-job-{batch_job.index}")
-        self.started = time.monotonic()
-        self.process.start()
-        child_end.close()  # so that recv() raises EOFError once the child has ended
-
-    def finish(self) -> Outcome:
-        """The outcome the child sent, or why it sent none; after the child has closed the pipe."""
-        self.process.join()
-        self.connection.close()
-        outcome = self.outcome or Outcome(self.batch_job.index, self.batch_job.job.source, FAILED,
-                                          error=exit_reason(self.process.exitcode))
-        outcome.seconds = round(time.monotonic() - self.started, 1)
-        return outcome
+    index: int
+    state: str = ""
+    outcome: Outcome | None = None
+    died: bool = False
 
 
-def exit_reason(exitcode: int) -> str:
-    """Why a child ended without an outcome: its exit code, or the signal that killed it."""
-    if exitcode >= 0:
-        return f"process exited with code {exitcode}"
-    name = signal.Signals(-exitcode).name
-    return f"process killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+class Executor:
+    """Runs batch jobs and reports on them in :class:`Event` objects; the two executors are in ``wconv.tools.executors``.
+
+    Entered (``with``) only when there is a job to run: it acquires what it runs on there and
+    releases it on exit. ``description`` says where the jobs ran, for the batch summary.
+    """
+
+    name = ""
+    description = ""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def run(self, jobs: list[BatchJob]) -> Iterator[Event]:
+        """Run every job, yielding a state Event when one starts or reaches a stage and one Event with its Outcome when it ends."""
+        raise NotImplementedError
+
+    def plan(self) -> str:
+        """Where the jobs would run, for ``--dry-run`` (nothing is started)."""
+        return self.description
 
 
 class Board:
@@ -362,49 +438,69 @@ class StagingJanitor:
         self.dirty &= busy
 
 
-def run_batch(jobs: list[BatchJob], parallel: int = 1, console: Console | None = None,
+class Progress:
+    """Shows a batch as it runs: the live table on a terminal, else one line per finished job; collects
+    the outcomes and sweeps what dead jobs left."""
+
+    def __init__(self, jobs: list[BatchJob], console: Console, on_outcome: Callable[[Outcome], None] | None):
+        self.jobs = {batch_job.index: batch_job for batch_job in jobs}
+        self.console, self.on_outcome = console, on_outcome
+        self.board, self.janitor = Board(jobs), StagingJanitor(jobs)
+        self.live = Live(self.board, console=console, transient=True, refresh_per_second=4, redirect_stdout=False) if console.is_terminal else None
+        self.outcomes: dict[int, Outcome] = {}
+        self.running: dict[int, Path] = {}
+
+    def __enter__(self):
+        if self.live:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.live.stop()
+
+    def show(self, event: Event) -> None:
+        if event.outcome is None:
+            self.running[event.index] = self.jobs[event.index].job.output
+            self.board.set(event.index, event.state)
+            return
+        outcome = event.outcome
+        self.running.pop(outcome.job, None)
+        if event.died:
+            self.janitor.job_died(self.jobs[outcome.job].job.output)
+        self.janitor.sweep(set(self.running.values()))
+        self.outcomes[outcome.job] = outcome
+        self.board.set(outcome.job, outcome.describe(), STATUS_STYLES[outcome.status])
+        if not self.live:
+            self.console.print(Text(f"job {outcome.job} ({outcome.model}): {outcome.describe()} ({outcome.seconds:.1f} s)"), soft_wrap=True)
+        if self.on_outcome:
+            self.on_outcome(outcome)
+
+
+def run_batch(jobs: list[BatchJob], executor: Executor, console: Console | None = None,
               on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Run ``jobs``, ``parallel`` at a time, each in its own spawned process; show a live table and
-    a summary on ``console`` (stderr by default). Returns the outcomes in job order."""
+    """Run ``jobs`` on ``executor``: jobs up to date are
+    skipped first, the others handed to it. Shows the jobs and a summary on ``console`` (stderr by
+    default). Returns the outcomes in job order."""
     console = console or Console(stderr=True)
-    context = multiprocessing.get_context("spawn")
-    board, janitor = Board(jobs), StagingJanitor(jobs)
-    queued = list(reversed(jobs))
-    workers: dict[object, Worker] = {}
-    outcomes: dict[int, Outcome] = {}
-    with Live(board, console=console, transient=True, refresh_per_second=4, redirect_stdout=False):
-        while queued or workers:
-            while queued and len(workers) < parallel:
-                worker = Worker(context, queued.pop())
-                workers[worker.connection] = worker
-                board.set(worker.batch_job.index, "running")
-            for connection in wait(list(workers)):
-                worker = workers[connection]
-                try:
-                    kind, payload = connection.recv()
-                except EOFError:
-                    del workers[connection]
-                    outcome = worker.finish()
-                    if worker.outcome is None:
-                        janitor.job_died(worker.batch_job.job.output)
-                    janitor.sweep({other.batch_job.job.output for other in workers.values()})
-                    outcomes[outcome.job] = outcome
-                    board.set(outcome.job, outcome.describe(), STATUS_STYLES[outcome.status])
-                    if on_outcome:
-                        on_outcome(outcome)
-                    continue
-                if kind == "stage":
-                    board.set(worker.batch_job.index, f"running: {payload}")
-                else:
-                    worker.outcome = payload
-    ordered = [outcomes[batch_job.index] for batch_job in jobs]
-    print_summary(console, ordered)
+    with Progress(jobs, console, on_outcome) as progress:
+        for batch_job in jobs:
+            if outcome := up_to_date_outcome(batch_job):
+                progress.show(Event(batch_job.index, outcome=outcome))
+        pending = [batch_job for batch_job in jobs if batch_job.index not in progress.outcomes]
+        if pending:
+            with executor:
+                for event in executor.run(pending):
+                    progress.show(event)
+    ordered = [progress.outcomes[batch_job.index] for batch_job in jobs]
+    print_summary(console, ordered, executor.description)
     return ordered
 
 
-def print_summary(console: Console, outcomes: list[Outcome]) -> None:
-    """A table of how each job ended, then each failure's reason on a line of its own."""
-    table = Table("#", "model", "status", "time", "artifacts", title="wconv batch summary", title_justify="left")
+def print_summary(console: Console, outcomes: list[Outcome], ran_on: str) -> None:
+    """A table of how each job ended, where they ran, then each failure's reason on a line of its own."""
+    table = Table("#", "model", "status", "time", "artifacts", title="wconv batch summary", title_justify="left",
+                  caption=f"executor: {ran_on}", caption_justify="left")
     for outcome in outcomes:
         table.add_row(str(outcome.job), outcome.model, Text(outcome.status, style=STATUS_STYLES[outcome.status]),
                       f"{outcome.seconds:.1f} s", ", ".join(Path(path).name for path in outcome.artifacts))

@@ -26,8 +26,9 @@ NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 @hookimpl(trylast=True)
 def wconv_verify(path, model, artifact, job):
     check = CHECKS.get(artifact.kind)
-    if check is None or (artifact.kind is not ArtifactKind.MEL_SPECTROGRAM and model.reference_encoder is None):
-        return None  # a kind core does not know (a plugin's) or no reference: nothing to check here
+    unknown = check is None or Path(path).suffix != ".mlpackage"  # a kind or format core does not run: the plugin that made it checks it
+    if unknown or (artifact.kind is not ArtifactKind.MEL_SPECTROGRAM and model.reference_encoder is None):
+        return None
     return check(Path(path), model, artifact, job)
 
 
@@ -43,7 +44,7 @@ def mel_spectrogram_checks(path: Path, model: LoadedModel, artifact: Artifact, j
     n_mels = artifact.outputs[0]["shape"][1]
     received = samples.astype(NUMPY_DTYPES[artifact.inputs[0]["dtype"]]).astype(np.float32)
     checks = []
-    for method in platform_methods():
+    for method in platform_methods(path):
         actual = run_artifact(path, {"audio": whisper.pad_or_trim(received)}, method)[0]["melspectrogram_features"][:, :, 0, :]
         metrics = compare(host_log_mel(received, n_mels), actual)
         metrics["max_abs_error_vs_fp32_audio"] = float(np.max(np.abs(host_log_mel(samples, n_mels) - actual)))
@@ -66,24 +67,25 @@ def encoder_checks(path: Path, model: LoadedModel, artifact: Artifact, job: Job)
     """The saved encoder vs the family's fp32 reference encoder on the verification log-mel."""
     mel, features, described = reference_features(model, job)
     checks = []
-    for method in platform_methods():
+    for method in platform_methods(path):
         outputs = run_artifact(path, encoder_inputs(artifact, mel), method)[0]
         metrics = compare(features.numpy(), encoder_features(artifact, outputs))
         checks.append(psnr_check(artifact, metrics, method, job, f"input: {described}"))
     return checks
 
 
-def decoder_checks(path: Path, model: LoadedModel, artifact: Artifact, job: Job) -> list[Check]:
-    """The decoder's logits vs openai-whisper's fp32 decoder; with a wav ``--verify-input``, its transcript too."""
+def decoder_checks(path: Path, model: LoadedModel, artifact: Artifact, job: Job, encoder_path: Path | None = None) -> list[Check]:
+    """The decoder's logits vs openai-whisper's fp32 decoder; with a wav ``--verify-input``, its transcript too
+    (behind ``encoder_path``, by default the encoder beside it: see :func:`transcript_check`)."""
     _, features, described = reference_features(model, job)
     tokens, reference = reference_decoder_logits(model, features)
     transcript = expected_transcript(model, job.verify_input) if is_audio_file(job.verify_input) else None
     checks = []
-    for method in platform_methods():
+    for method in platform_methods(path):
         metrics = compare(reference, artifact_decoder_logits(path, model, artifact, features, tokens, method))
         checks.append(psnr_check(artifact, metrics, method, job, f"logits of {len(tokens)} prompt and text tokens on {described}"))
         if transcript is not None:
-            checks.append(transcript_check(path, model, artifact, job, method, transcript))
+            checks.append(transcript_check(path, model, artifact, job, method, transcript, encoder_path))
     return checks
 
 
@@ -107,12 +109,13 @@ def expected_transcript(model: LoadedModel, audio: Path) -> tuple[np.ndarray, li
     return samples, reference_tokens(whisper_model(model.dims, model.state_dict), features, "en")
 
 
-def transcript_check(path: Path, model: LoadedModel, artifact: Artifact, job: Job, method: str, transcript) -> Check:
+def transcript_check(path: Path, model: LoadedModel, artifact: Artifact, job: Job, method: str, transcript,
+                     encoder_path: Path | None = None) -> Check:
     """The converted models transcribe ``--verify-input`` (greedy, English) as openai-whisper fp32 does.
 
     ``transcript`` is :func:`expected_transcript`'s. A WhisperKit TextDecoder runs behind the
     MelSpectrogram and AudioEncoder beside it (the chain WhisperKit runs); any other decoder behind
-    the converted ``ggml-<name>-encoder`` beside it.
+    ``encoder_path``, by default the converted ``ggml-<name>-encoder`` beside it.
     """
     from ..errors import InputError
     from ..manifest import describe_io
@@ -120,7 +123,7 @@ def transcript_check(path: Path, model: LoadedModel, artifact: Artifact, job: Jo
 
     folder, samples, expected = path.parent, *transcript
     whisperkit = path.name == f"{TEXT_DECODER}.mlpackage"
-    encoder_path = folder / (f"{AUDIO_ENCODER}.mlpackage" if whisperkit else encoder_filename(model.name))
+    encoder_path = encoder_path or folder / (f"{AUDIO_ENCODER}.mlpackage" if whisperkit else encoder_filename(model.name))
     mel_path = folder / f"{MEL_SPECTROGRAM}.mlpackage" if whisperkit else None
     for needed in (encoder_path, mel_path):
         if needed is not None and not needed.is_dir():

@@ -27,8 +27,8 @@ def manifest_entry_for(path: Path) -> tuple[dict | None, dict | None]:
 def verify_saved(path: Path, against: str | None, family: str | None, verify_input: Path | None, min_psnr: float, pm=None):
     """Run the verify stage on an existing artifact; the reference is its manifest's source or ``against``."""
     path = Path(path)
-    if not (path / "Manifest.json").is_file():
-        raise InputError(f"{path} is not an .mlpackage: give the path of a converted artifact")
+    if not ((path / "Manifest.json").is_file() or path.suffix == ".aimodel"):
+        raise InputError(f"{path} is not an .mlpackage or .aimodel: give the path of a converted artifact")
     manifest, entry = manifest_entry_for(path)
     if against is None and manifest is None:
         raise InputError(f"no wconv manifest beside {path} names it: pass --against <checkpoint> to say what to compare with")
