@@ -17,6 +17,7 @@ LAZY = {
     "convert": "api",
     "load_source": "sources",
     "hub_repo_id": "sources",
+    "load_torch_file": "sources",
     "manifests_in": "manifest",
     "read_manifest": "manifest",
     "dims_from_config": "layouts.hf_config",

@@ -9,7 +9,7 @@ import types
 import typing
 from pathlib import Path
 
-from .console import StageReporter
+from .console import StageReporter, libraries_quiet
 from .errors import InputError
 from .job import JOB_DEFAULTS, Job, target_rank
 from .pipeline import Result, run
@@ -79,7 +79,11 @@ def convert(model: str | os.PathLike, family: str | None = None, output: str | o
     ``pm`` replaces the plugin manager, ``reporter`` the stage display on stderr.
     """
     job = build_job(model, family, output, **options)
-    result = run(job, pm, reporter)
+    with libraries_quiet():
+        result = run(job, pm, reporter)
     if job.min_target != (options.get("min_target") or JOB_DEFAULTS["min_target"]):
         result.notes.append(f"--compress {job.compress} needs {job.min_target}: the minimum target was raised to it")
+    for entry in result.manifest["artifacts"]:
+        if entry.get("min_target", job.min_target) != job.min_target:
+            result.notes.append(f"{entry['file']} needs {entry['min_target']}: it was converted for it (the manifest says so)")
     return result

@@ -1,11 +1,12 @@
 """The ``wconv`` command line: a thin layer over the pipeline and the plugin manager.
 
-Exit codes: 0 ok, 1 conversion or verification failure, 2 usage or input error.
+Exit codes: 0 ok, 1 conversion or verification failure, 2 usage or input error, 130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -20,9 +21,11 @@ from .layouts.ggml import WRITABLE_TYPES
 
 
 class WconvGroup(click.Group):
-    """Turns WconvError into one line and its exit code; ``--debug`` shows the traceback instead."""
+    """Turns WconvError into one line and its exit code; ``--debug`` shows the traceback instead.
+    Ctrl-C and SIGTERM stop a run the same way (its staging dir removed): exit 130 and 143."""
 
     def invoke(self, ctx):
+        signal.signal(signal.SIGTERM, stop_on_signal)
         try:
             return super().invoke(ctx)
         except WconvError as e:
@@ -30,6 +33,15 @@ class WconvGroup(click.Group):
                 raise
             click.echo(f"Error: {e}", err=True)
             sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: the unfinished run's files were removed", err=True)
+            sys.exit(128 + signal.SIGINT)
+
+
+def stop_on_signal(signum, frame):
+    """SIGTERM unwinds like Ctrl-C (so staging dirs are removed), then exits 128 + its number."""
+    click.echo("Terminated: the unfinished run's files were removed", err=True)
+    raise SystemExit(128 + signum)
 
 
 @click.group(cls=WconvGroup)
@@ -210,7 +222,8 @@ def plugins(as_json, show_all):
 
     show_rows(describe_plugins(get_plugin_manager(), include_core=show_all), as_json, {
         "name": lambda row: row["name"], "version": lambda row: row["version"] or "",
-        "family": lambda row: "yes" if row["family"] else "", "hooks": joined("hooks"), "module": lambda row: row["module"]})
+        "family": lambda row: "yes" if row["family"] else "",
+        "hooks": lambda row: f"broken: {row['error']}" if row["error"] else ", ".join(row["hooks"]), "module": lambda row: row["module"]})
 
 
 @cli.command()

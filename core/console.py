@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 
 from rich.console import Console
 
@@ -48,3 +49,29 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+
+
+@contextmanager
+def libraries_quiet():
+    """For the Python API: what :func:`quiet_libraries` does for the CLI (no coremltools log lines at import,
+    no warnings, no tqdm progress bars), undone when the block ends."""
+    import logging
+    import warnings
+
+    from tqdm import std
+
+    logger = logging.getLogger("coremltools")
+    level, init = logger.level, std.tqdm.__dict__["__init__"]
+
+    def silent_init(self, *args, **kwargs):
+        init.__get__(self, type(self))(*args, **{**kwargs, "disable": True})
+
+    logger.setLevel(logging.ERROR)
+    std.tqdm.__init__ = silent_init
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        std.tqdm.__init__ = init
+        logger.setLevel(level)

@@ -64,6 +64,16 @@ def target_rank(name: str) -> int:
     return getattr(ct.target, name).value
 
 
+def target_name(specification_version: int, like: str) -> str:
+    """The deployment target of a Core ML specification version, named on the platform of ``like`` (9, "macOS13" -> "macOS15")."""
+    import coremltools as ct
+
+    platform = like.rstrip("0123456789_")
+    names = [name for name, target in ct.target.__members__.items()
+             if target.value == specification_version and name.rstrip("0123456789_") == platform]
+    return names[-1] if names else f"specification version {specification_version}"
+
+
 class ArtifactKind(str, enum.Enum):
     """What a Core ML artifact computes; the value is how manifests name it."""
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
+from importlib.metadata import entry_points
 from typing import Iterable
 
 import pluggy
@@ -33,25 +35,57 @@ BUILTIN_PLUGINS = {
 }
 
 
-def get_plugin_manager(*, entrypoints: bool = True, builtins: bool = True, extra: Iterable[object] = ()) -> pluggy.PluginManager:
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager for wconv; ``broken`` maps installed plugins that failed to import or register to why."""
+
+    def __init__(self):
+        super().__init__("wconv")
+        self.add_hookspecs(hookspecs)
+        self.broken: dict[str, str] = {}
+
+
+def get_plugin_manager(*, entrypoints: bool = True, builtins: bool = True, extra: Iterable[object] = ()) -> PluginManager:
     """A new plugin manager with the hook specs, built-ins, installed entry points and ``extra``.
 
-    ``WCONV_DISABLE_PLUGINS=a,b`` blocks entry points by name. A plugin that implements a hook
-    name that is not a spec (a misspelling) fails here with ``PluginValidationError``.
+    ``WCONV_DISABLE_PLUGINS=a,b`` blocks entry points by name. An installed plugin that fails to import
+    or register (a hook name that is not a spec, a misspelling) is left out with one warning on stderr;
+    such an ``extra`` plugin fails here with ``PluginValidationError``.
     """
-    pm = pluggy.PluginManager("wconv")
-    pm.add_hookspecs(hookspecs)
+    pm = PluginManager()
     if builtins:
         for name, module in BUILTIN_PLUGINS.items():
             pm.register(importlib.import_module(module), name)
     if entrypoints:
         for name in filter(None, os.environ.get("WCONV_DISABLE_PLUGINS", "").split(",")):
             pm.set_blocked(name)
-        pm.load_setuptools_entrypoints("wconv")
+        load_entry_points(pm)
     for plugin in extra:
         pm.register(plugin)
     pm.check_pending()
     return pm
+
+
+WARNED: set[str] = set()  # broken plugins already reported by this process
+
+
+def load_entry_points(pm: PluginManager) -> None:
+    """Register each ``wconv`` entry point on its own, so that one broken plugin breaks nothing else."""
+    for entry_point in entry_points(group="wconv"):
+        name = entry_point.name
+        if pm.get_plugin(name) is not None or pm.is_blocked(name):
+            continue
+        try:
+            pm.load_setuptools_entrypoints("wconv", name)
+            pm.check_pending()
+        except Exception as e:
+            if (plugin := pm.get_plugin(name)) is not None:
+                pm.unregister(plugin)
+            pm.set_blocked(name)
+            pm.broken[name] = f"{type(e).__name__}: {' '.join(str(e).split())}"
+            if name not in WARNED:
+                WARNED.add(name)
+                print(f"Warning: plugin '{name}' failed to load: {pm.broken[name]}; disable with WCONV_DISABLE_PLUGINS={name}",
+                      file=sys.stderr)
 
 
 def family_names(pm: pluggy.PluginManager) -> list[str]:

@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .errors import InputError
-from .job import Check, Job, LoadedModel
+from .job import Check, Job, LoadedModel, target_name
 
 
 def manifest_filename(name: str) -> str:
@@ -70,12 +70,19 @@ def build_manifest(model: LoadedModel, job: Job, artifacts: list[dict], checks: 
             "coremltools": package_version("coremltools"),
             "python": platform.python_version(),
         },
-        "artifacts": artifacts,
+        "artifacts": [with_target(entry, job.min_target) for entry in artifacts],
         "verify": [check.to_dict() for check in checks],
         "verify_input": verify_input_name(job.verify_input),
         **({"reused": reused} if reused else {}),
         **model.provenance,
     }
+
+
+def with_target(entry: dict, requested: str) -> dict:
+    """A Core ML artifact's entry with the deployment target it has (``--decoder stateful`` needs iOS18, whatever was asked)."""
+    if "specification_version" not in entry:
+        return entry
+    return {**entry, "min_target": target_name(entry["specification_version"], requested)}
 
 
 def verify_input_name(path: Path | None) -> str | None:
@@ -97,6 +104,16 @@ def manifests_in(folder: Path) -> list[Path]:
     return sorted([*folder.glob("*.manifest.json"), *nested])
 
 
+def listed_files(path: Path) -> set[str]:
+    """The files the manifest at ``path`` lists (artifacts and their recipes); none if there is no readable manifest."""
+    try:
+        entries = read_manifest(path)["artifacts"]
+    except InputError:
+        return set()
+    recipes = {entry["compression"].get("recipe_file") for entry in entries if isinstance(entry.get("compression"), dict)}
+    return {entry["file"] for entry in entries} | {name for name in recipes if isinstance(name, str)}
+
+
 def read_manifest(path: Path) -> dict:
     """Load a manifest given its file or the directory holding exactly one."""
     path = Path(path)
@@ -107,6 +124,30 @@ def read_manifest(path: Path) -> dict:
         path = found[0]
     if not path.is_file():
         raise InputError(f"no wconv manifest at {path}: give an output directory of `wconv run` or its *.manifest.json")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"{path} is not a wconv manifest (not valid JSON: {type(e).__name__}); convert the model again") from e
+    if problem := manifest_problem(manifest):
+        raise InputError(f"{path} is not a wconv manifest ({problem}); convert the model again")
     manifest["_path"] = str(path)
     return manifest
+
+
+# What every wconv manifest holds, and the type of each value
+MANIFEST_FIELDS = {"family": str, "source": str, "name": str, "checkpoint_sha256": str, "dims": dict, "options": dict,
+                   "artifacts": list, "verify": list}
+
+
+def manifest_problem(manifest) -> str | None:
+    """What makes ``manifest`` (parsed JSON) not a wconv manifest, or None."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    for key, kind in MANIFEST_FIELDS.items():
+        if not isinstance(manifest.get(key), kind):
+            return f"'{key}' is missing or not a {kind.__name__}"
+    if not all(isinstance(entry, dict) and isinstance(entry.get("file"), str) for entry in manifest["artifacts"]):
+        return "an artifact entry has no 'file'"
+    if not all(isinstance(check, dict) and isinstance(check.get("artifact"), str) for check in manifest["verify"]):
+        return "a verify entry has no 'artifact'"
+    return None

@@ -14,12 +14,13 @@ import pluggy
 from .compress.report import compression_entry
 from .console import StageReporter
 from .errors import ConversionError, InputError, StageError, VerificationError, WconvError
-from .files import link_tree, publish, refuse_to_overwrite, staging_dir
+from .files import link_tree, publish, refuse_to_overwrite, remove_stale, staging_dir
 from .inspection.report import lint_summary
-from .job import Check, Job, LoadedModel
+from .job import Artifact, ArtifactKind, Check, Job, LoadedModel
 from .layouts import select_layout
 from .manager import FamilyHooks, family_names, get_plugin_manager, resolve_family
-from .manifest import build_manifest, describe_io, manifest_filename, write_manifest
+from .manifest import build_manifest, describe_io, listed_files, manifest_filename, write_manifest
+from .runtime.reference import check_weights
 
 
 @dataclass
@@ -65,6 +66,7 @@ def load(job: Job, pm: pluggy.PluginManager, stage) -> LoadedModel:
     if model.family not in family_names(pm):
         raise StageError("load", [model.family], f"LoadedModel.family '{model.family}' is not a registered family: "
                          "a family plugin must report the name it is registered under")
+    check_weights(model.dims, model.state_dict, model.source)
     if job.name:
         model.name = job.name
     stage("patch", "patch", FamilyHooks(pm, model.family).wconv_patch, model=model, job=job)
@@ -86,12 +88,13 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
     folder = layout.folder(model, job)  # a folder published whole, or "" for files in the output itself
     manifest_name = manifest_filename(model.name)
     names = [artifact.filename for artifact in plan]
-    refuse_to_overwrite(job.output, [folder] if folder else names + layout.extra_files(model, job) + [manifest_name], job.force)
+    extra_files = layout.extra_files(model, job)
 
     checks: list[Check] = []
     described: list[dict] = []
     reused: dict[str, dict] = {}
-    with staging_dir(job.output) as staging:
+    with staging_dir(job.output, model.name, lambda: estimated_bytes(model, plan, bool(extra_files))) as staging:
+        refuse_to_overwrite(job.output, [folder] if folder else names + extra_files + [manifest_name], job.force)
         work = staging / folder
         work.mkdir(exist_ok=True)
         before = staging / UNCOMPRESSED / folder  # every artifact as it was before the compress stage, for comparison
@@ -148,7 +151,9 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
             folder = final
         manifest = build_manifest(model, job, described, checks, reused)
         write_manifest(work / manifest_name, manifest)
+        earlier = set() if folder else listed_files(job.output / manifest_name)  # --force: what the replaced run wrote
         publish(staging, job.output, [folder] if folder else names + [manifest_name])
+        remove_stale(job.output, earlier - set(names))
 
     destination = job.output / folder
     result = Result(model=model, paths=[destination / name for name in names], manifest_path=destination / manifest_name,
@@ -160,6 +165,18 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
     if failed:
         raise VerificationError(f"verification failed for {failed[0].artifact}: {failed[0].message} (artifacts kept in {destination})")
     return result
+
+
+def estimated_bytes(model: LoadedModel, plan: list[Artifact], extra_files: bool) -> int:
+    """About how much a run writes: each Core ML artifact the fp16 weights it is built from, and the whole model
+    in fp16 once more for the layout's other files (the ggml file)."""
+    prefixes = {ArtifactKind.MEL_SPECTROGRAM: None, ArtifactKind.ENCODER: "encoder.",
+                ArtifactKind.DECODER_STATEFUL: "decoder.", ArtifactKind.DECODER_CACHE_IO: "decoder."}
+
+    def fp16_bytes(prefix: str | None) -> int:
+        return 0 if prefix is None else sum(2 * tensor.numel() for name, tensor in model.state_dict.items() if name.startswith(prefix))
+
+    return sum(fp16_bytes(prefixes.get(artifact.kind, "")) for artifact in plan) + (fp16_bytes("") if extra_files else 0)
 
 
 def save_model(mlmodel, path: Path) -> None:

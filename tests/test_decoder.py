@@ -198,6 +198,16 @@ def test_stateful_program_keeps_the_cache_in_fp16_states_on_ios18(tiny_decoders)
     assert kinds["split"] == 6 * dims.n_text_layer  # q, k, v of both attentions, each split per head once
 
 
+def test_the_manifest_records_the_target_each_decoder_has(tiny_decoders):
+    from wconv.manifest import describe_io, with_target
+
+    def recorded(variant, requested):
+        return with_target({"file": variant, **describe_io(tiny_decoders[variant])}, requested)["min_target"]
+
+    assert recorded("stateful", "iOS16") == "iOS18" and recorded("stateful", "macOS13") == "macOS15"
+    assert recorded("cache-io", "iOS16") == "iOS16"
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_program_has_no_dimension_above_16384_and_stores_the_token_table_once(tiny_decoders, variant):
     _, operations = load_program(tiny_decoders[variant])

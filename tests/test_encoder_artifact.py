@@ -147,3 +147,14 @@ def test_audio_lengths_without_the_30_s_window_are_refused(converted, tmp_path):
     result = invoke("run", checkpoint, "--output", tmp_path / "out", "--audio-lengths", "1000,2000")
     assert result.exit_code == 2 and "must include 3000" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_the_package_is_readable_by_everyone_like_the_ggml_file(converted):
+    import os
+    import stat
+
+    _, _, package = converted
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [package, *package.rglob("*"), package.parent / "ggml-tiny.bin"]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o777 if path.is_dir() else 0o666) & ~umask, path

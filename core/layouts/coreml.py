@@ -19,6 +19,9 @@ class CoreMLLayout(Layout):
             raise InputError("--folder-suffix names WhisperKit's folder: add --layout whisperkit, or drop it")
         if job.audio_lengths and N_FRAMES not in job.audio_lengths:
             raise InputError(f"--audio-lengths must include {N_FRAMES} (the 30 s window whisper.cpp always feeds), e.g. 1500,{N_FRAMES}")
+        if len(set(job.audio_lengths)) == 1:
+            raise InputError(f"--audio-lengths {','.join(map(str, job.audio_lengths))} gives one length, which the main encoder already has: "
+                             f"add a shorter one, e.g. 1500,{N_FRAMES}, or drop the option")
         if job.decoder and job.decoder not in DECODER_VARIANTS.values():
             raise InputError(f"unknown decoder '{job.decoder}': choose one of stateful, cache-io")
 

@@ -3,7 +3,11 @@ and the host-side decoder for ``wconv transcribe`` when no Core ML decoder was c
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+
+from ..errors import InputError
 
 
 def whisper_model(dims, state_dict: dict, alignment_heads: list | None = None):
@@ -20,6 +24,33 @@ def whisper_model(dims, state_dict: dict, alignment_heads: list | None = None):
             mask[layer, head] = True
         model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
     return model.eval()
+
+
+def check_weights(dims, state_dict: dict, source: str) -> None:
+    """Refuse (an InputError naming ``source``) dims openai-whisper cannot build and weights that are not those dims'."""
+    import torch
+    import whisper.model
+
+    sizes = dataclasses.asdict(dims)
+    problems = [f"{name} {value!r}" for name, value in sizes.items() if type(value) is not int or not 0 < value < 2**31]
+    layers = {side: {name.split(".")[2] for name in state_dict if name.startswith(f"{side}.blocks.")} for side in ("encoder", "decoder")}
+    if not problems:
+        problems = [f"{side} width {sizes[f'n_{part}_state']} for {sizes[f'n_{part}_head']} heads"
+                    for side, part in (("encoder", "audio"), ("decoder", "text"))
+                    if sizes[f"n_{part}_state"] % sizes[f"n_{part}_head"] or sizes[f"n_{part}_state"] % 2]
+        problems += [f"{len(layers[side])} {side} layers, not {sizes[f'n_{part}_layer']}"
+                     for side, part in (("encoder", "audio"), ("decoder", "text")) if len(layers[side]) != sizes[f"n_{part}_layer"]]
+    if not problems:
+        with torch.device("meta"):  # shapes only, nothing allocated
+            parts = {"encoder": whisper.model.AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer),
+                     "decoder": whisper.model.TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head, dims.n_text_layer)}
+        expected = {f"{part}.{name}": tuple(tensor.shape) for part, module in parts.items() for name, tensor in module.state_dict().items()}
+        problems = [f"no {name}" for name in expected if name not in state_dict]
+        problems += [f"{name} of shape {tuple(state_dict[name].shape)}, not {shape}"
+                     for name, shape in expected.items() if name in state_dict and tuple(state_dict[name].shape) != shape]
+    if problems:
+        raise InputError(f"{source} is not a Whisper model of consistent dimensions ({', '.join(problems[:2])}): "
+                         "re-download or re-convert it")
 
 
 class LazyEncoder:

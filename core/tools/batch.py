@@ -269,7 +269,7 @@ def earlier_manifests(job: Job) -> list[dict]:
     """Manifests in the job's output dir that a run of this model (and name, if given) wrote."""
     found = []
     for path in manifests_in(job.output):
-        with suppress(ValueError, OSError):
+        with suppress(InputError, OSError):
             manifest = read_manifest(path)
             if manifest.get("model") == job.source and job.name in (None, manifest.get("name")):
                 found.append(manifest)

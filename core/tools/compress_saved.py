@@ -21,7 +21,7 @@ from ..files import link_tree, publish, refuse_to_overwrite, staging_dir
 from ..inspection.report import lint_summary
 from ..job import Artifact, ArtifactKind, Check, Job, target_rank
 from ..manager import FamilyHooks, get_plugin_manager
-from ..manifest import describe_io, manifest_filename, verify_input_name, write_manifest
+from ..manifest import describe_io, manifest_filename, verify_input_name, with_target, write_manifest
 from ..pipeline import Result, call_stage, flatten_checks, save_model
 from ..sources import load_source
 from ..verify.saved import manifest_entry_for
@@ -72,12 +72,12 @@ def compress_saved(packages: list[Path], compress: str, output: Path | None = No
                         expected_sha256=None if against else manifest["checkpoint_sha256"])
     model.name = manifest["name"]
     hooks = FamilyHooks(pm, model.family)
-    refuse_to_overwrite(output.parent, [output.name], force)
     compressed_files = {path.name for path, _ in listed}
     entries = {entry["file"]: entry for entry in manifest["artifacts"]}
     kept_checks = [check for check in manifest["verify"] if check["artifact"] not in compressed_files]
     new_checks = []
-    with staging_dir(output.parent) as staging:
+    with staging_dir(output.parent, output.name) as staging:
+        refuse_to_overwrite(output.parent, [output.name], force)
         work = staging / output.name
         work.mkdir()
         for name in entries:
@@ -97,7 +97,8 @@ def compress_saved(packages: list[Path], compress: str, output: Path | None = No
                 f"verify {path.name} uncompressed", call_stage, stage="verify", caller=hooks.wconv_verify, path=path,
                 model=model, artifact=artifact, job=job))
             record = compression_entry(work / path.name, path, after, before)
-            entries[path.name] = {**entry, **describe_io(work / path.name), "ane_lint": lint_summary(work / path.name), "compression": record}
+            entries[path.name] = with_target({**entry, **describe_io(work / path.name), "ane_lint": lint_summary(work / path.name),
+                                              "compression": record}, job.min_target)
             new_checks.extend(after)
         result_manifest = {key: value for key, value in manifest.items() if key != "_path"}
         result_manifest.update(options={**manifest["options"], "compress": compress}, artifacts=list(entries.values()),

@@ -24,7 +24,10 @@ def describe_plugins(pm: pluggy.PluginManager, include_core: bool = False) -> li
             "version": dist.version if dist else package_version("wconv"),
             "family": name in families,
             "hooks": sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()),
+            "error": None,
         })
+    for name, error in sorted(getattr(pm, "broken", {}).items()):
+        rows.append({"name": name, "module": "", "version": None, "family": False, "hooks": [], "error": error})
     return rows
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 from ..errors import InputError
@@ -36,7 +38,25 @@ def verify_saved(path: Path, against: str | None, family: str | None, verify_inp
                         expected_sha256=None if against else manifest["checkpoint_sha256"])
     if manifest is not None:
         model.name = manifest["name"]  # as converted (--name), which names the artifacts beside this one
+    check_same_dims(path, manifest["dims"] if manifest else package_dims(path), model, against)
     artifact = Artifact.from_entry(entry or {"kind": ArtifactKind.ENCODER, **describe_io(path)}, path.name)
     job = Job(source=model.source, family=model.family, output=path.parent, verify_input=verify_input, min_psnr=min_psnr)
     results = call_stage("verify", FamilyHooks(pm, model.family).wconv_verify, path=path, model=model, artifact=artifact, job=job)
     return flatten_checks(results)
+
+
+def package_dims(path: Path) -> dict | None:
+    """The dims of the model a package was converted from, as wconv's postprocess records them in its metadata."""
+    import coremltools as ct
+
+    recorded = ct.models.MLModel(str(path), skip_model_load=True).get_spec().description.metadata.userDefined.get("wconv.dims")
+    return json.loads(recorded) if recorded else None
+
+
+def check_same_dims(path: Path, recorded: dict | None, model, against: str | None) -> None:
+    """Refuse to compare an artifact with a model of other dimensions (another size of Whisper)."""
+    dims = dataclasses.asdict(model.dims)
+    differ = [f"{name} {recorded[name]} vs {value}" for name, value in dims.items() if recorded and recorded.get(name, value) != value]
+    if differ:
+        raise InputError(f"{against or model.source} is not the model {path.name} was converted from, nor one of its size "
+                         f"({', '.join(differ[:3])}): pass --against a checkpoint of the same dimensions")

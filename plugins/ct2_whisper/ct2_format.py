@@ -262,14 +262,22 @@ def load_ct2_whisper(model_dir: Path | str) -> Ct2Whisper:
     audio_positions = model.variables["encoder/position_encodings/encodings"]
     text_positions = model.variables["decoder/position_encodings/encodings"]
     embeddings = model.variables[_EMBEDDINGS]
-    dims = ModelDimensions(
-        n_mels=conv1.shape[1], n_audio_ctx=audio_positions.shape[0], n_audio_state=audio_positions.shape[1],
-        n_audio_head=int(model.variables["encoder/num_heads"]), n_audio_layer=n_audio_layer,
-        n_vocab=embeddings.shape[0], n_text_ctx=text_positions.shape[0], n_text_state=embeddings.shape[1],
-        n_text_head=int(model.variables["decoder/num_heads"]), n_text_layer=n_text_layer,
-    )
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    alignment_heads = [[int(layer), int(head)] for layer, head in config.get("alignment_heads") or []]
+    try:
+        dims = ModelDimensions(
+            n_mels=conv1.shape[1], n_audio_ctx=audio_positions.shape[0], n_audio_state=audio_positions.shape[1],
+            n_audio_head=int(model.variables["encoder/num_heads"].item()), n_audio_layer=n_audio_layer,
+            n_vocab=embeddings.shape[0], n_text_ctx=text_positions.shape[0], n_text_state=embeddings.shape[1],
+            n_text_head=int(model.variables["decoder/num_heads"].item()), n_text_layer=n_text_layer,
+        )
+    except (IndexError, ValueError) as e:
+        raise InputError(f"{model_path}: the shapes of its embeddings, first convolution or head counts are not a "
+                         f"Whisper model's ({e}); re-convert the model") from e
+    try:
+        config = json.loads(config_path.read_bytes())
+        alignment_heads = [[int(layer), int(head)] for layer, head in config.get("alignment_heads") or []]
+    except (ValueError, TypeError, AttributeError) as e:
+        raise InputError(f"{config_path} is not a CTranslate2 config (a JSON object; alignment_heads as [layer, head] pairs): "
+                         f"{type(e).__name__}; copy it again from the converted model") from e
     if any(not (0 <= layer < dims.n_text_layer and 0 <= head < dims.n_text_head) for layer, head in alignment_heads):
         raise InputError(f"{config_path}: alignment_heads name heads outside the {dims.n_text_layer}x{dims.n_text_head} "
                          "decoder; fix or remove the alignment_heads entry")

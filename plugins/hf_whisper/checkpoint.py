@@ -9,9 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import re
-import zipfile
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +75,7 @@ def read_whisper_config(directory: Path) -> dict:
     if not isinstance(config, dict):
         raise InputError(f"{path} is not a JSON object; re-download the model")
     model_type, architectures = config.get("model_type"), config.get("architectures") or []
-    if model_type != "whisper" or (architectures and ARCHITECTURE not in architectures):
+    if model_type != "whisper" or not isinstance(architectures, list) or (architectures and ARCHITECTURE not in architectures):
         found = f"model_type {model_type!r}" + (f" and architectures {architectures}" if architectures else "")
         raise InputError(f"{directory} is not a Whisper speech-to-text model: its config.json has {found}, "
                          f"the hf family reads {ARCHITECTURE}")
@@ -137,7 +136,7 @@ def hub_snapshot(repo_id: str, patterns: list[str]) -> Path:
 def describe(error: BaseException) -> str:
     """An exception as one short line: its type and the first line of its message."""
     lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+    return f"{type(error).__name__}: {textwrap.shorten(lines[0], 200, placeholder=' …')}" if lines else type(error).__name__
 
 
 @dataclass
@@ -157,8 +156,12 @@ def read_checkpoint(directory: Path) -> HFCheckpoint:
     """Read config, generation config and weights of the model in ``directory`` (and find its tokenizer.json)."""
     from transformers import WhisperConfig
 
-    config = WhisperConfig.from_dict(read_whisper_config(directory))
-    problems = unsupported_settings(config)
+    settings = read_whisper_config(directory)
+    try:
+        config = WhisperConfig.from_dict(settings)
+        problems = unsupported_settings(config)
+    except Exception as e:  # transformers checks the fields' types in its own ways
+        raise InputError(f"{directory / 'config.json'} is not a valid WhisperConfig ({describe(e)}); re-download the model") from e
     if problems:
         raise InputError(f"{directory}: openai-whisper's architecture cannot express {', '.join(problems)}")
     files = weight_files(directory)
@@ -206,12 +209,13 @@ def read_weights(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        try:
             return load_file(path)
-        weights = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        raise InputError(f"cannot read {path}: missing, truncated or not a weight file ({describe(e)}); re-download it") from e
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            raise InputError(f"cannot read {path}: missing, truncated or not a weight file ({describe(e)}); re-download it") from e
+    weights = wconv.load_torch_file(path, resave="re-save it as safetensors where you trust it: "
+                                    "model.save_pretrained(dir, safe_serialization=True)")
     if not isinstance(weights, dict):
         raise InputError(f"{path} holds a {type(weights).__name__}, not a state dict")
     return weights

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
-import torch
-
+import wconv
 from wconv import InputError
 from wconv import sha256_file
 
@@ -58,10 +55,8 @@ def load_checkpoint(path: Path):
     """(ModelDimensions, canonical state dict, sha256) of an openai-format .pt file."""
     from whisper.model import ModelDimensions
 
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as e:
-        raise InputError(f"cannot read checkpoint {path}: it is truncated or not a torch file ({str(e).splitlines()[0][:120]}); re-download or re-save it") from e
+    checkpoint = wconv.load_torch_file(path, resave="re-save it where you trust it: torch.save({'dims': model.dims.__dict__, "
+                                             "'model_state_dict': model.state_dict()}, 'clean.pt')")
     if not isinstance(checkpoint, dict) or "dims" not in checkpoint or "model_state_dict" not in checkpoint:
         raise InputError(f"{path} is not an openai-whisper checkpoint (expected a dict with 'dims' and 'model_state_dict')")
     try:
