@@ -59,7 +59,7 @@ def load_checkpoint(path: Path):
     from whisper.model import ModelDimensions
 
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = mapped_load(path)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as e:
         raise InputError(f"cannot read checkpoint {path}: it is truncated or not a torch file ({str(e).splitlines()[0][:120]}); re-download or re-save it") from e
     if not isinstance(checkpoint, dict) or "dims" not in checkpoint or "model_state_dict" not in checkpoint:
@@ -69,6 +69,18 @@ def load_checkpoint(path: Path):
     except TypeError as e:
         raise InputError(f"{path} has malformed 'dims': {e}") from e
     return dims, dict(checkpoint["model_state_dict"]), sha256_file(path)
+
+
+def mapped_load(path: Path):
+    """``torch.load`` with the tensors memory-mapped from the file: pages are read when a stage uses them
+    and are the kernel's to drop, so a 3 GB checkpoint is never copied into the process whole.
+    Files in torch's pre-1.6 format cannot be mapped and are read whole."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def official_alignment_heads(name: str, dims) -> list[list[int]] | None:
