@@ -1,7 +1,7 @@
 """The whole `wconv run` per stage, time and peak memory, beside whisper.cpp's method, same run.
 
     python benchmarks/run_large.py --size tiny base small
-    flock /work/locks/bigmem python benchmarks/run_large.py --size large-v3    # > 4 GiB: one big job at a time
+    python benchmarks/run_large.py --size large-v3 --no-whispercpp    # processes of ~8 GiB: one such job at a time
 
 Each size gets a random-weight fp16 openai-format checkpoint with the real dimensions
 (`wconv sample-checkpoint --fp16`, like the official files; written once into --checkpoints).
@@ -64,7 +64,7 @@ def checkpoint(size: str, folder: Path) -> Path:
 
 
 def whispercpp_method(size: str, workdir: str) -> tuple[float, float]:
-    wall, peak, output = measure([sys.executable, str(HERE / "convert_encoder.py"), "--child", "whispercpp", size, workdir])
+    wall, peak, _ = measure([sys.executable, str(HERE / "convert_encoder.py"), "--child", "whispercpp", size, workdir])
     return wall, peak
 
 
