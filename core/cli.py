@@ -269,15 +269,16 @@ def inspect(artifacts, as_json):
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--dims", "size", type=click.Choice(["tiny", "base", "small", "medium", "large-v3"]), default="tiny", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--fp16", is_flag=True, help="Store the weights in fp16, as the official checkpoints do.")
 @click.option("--force", is_flag=True, help="Overwrite PATH.")
-def sample_checkpoint(path, size, seed, force):
+def sample_checkpoint(path, size, seed, fp16, force):
     """Write a random-weight openai-format checkpoint with real dimensions (for trying wconv offline)."""
     from .tools.random_checkpoints import write_random_checkpoint
 
     if path.exists() and not force:
         raise InputError(f"{path} already exists: pass --force to overwrite it")
-    write_random_checkpoint(path, size, seed)
-    click.echo(f"wrote {path} (random weights, {size} dims)")
+    write_random_checkpoint(path, size, seed, fp16)
+    click.echo(f"wrote {path} (random {'fp16' if fp16 else 'fp32'} weights, {size} dims)")
 
 
 @cli.command()

@@ -38,7 +38,8 @@ def load_source(source: str, family: str | None = None, pm=None, expected_sha256
 
 
 def load_torch_file(path: Path, resave: str):
-    """``torch.load(path, weights_only=True)`` on the CPU; any failure is one InputError naming ``path``.
+    """``torch.load(path, weights_only=True)`` on the CPU, tensors memory-mapped from the file (pages are read when
+    a stage uses them, so a 3 GB checkpoint is never copied whole); any failure is one InputError naming ``path``.
 
     A pickle that would import code is refused as unsafe, with how to get a safe file: the
     model's safetensors, or ``resave`` (how to re-save its state dict where the file is trusted).
@@ -46,7 +47,12 @@ def load_torch_file(path: Path, resave: str):
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # torch's pre-1.6 format cannot be mapped: read it whole
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e):
             raise unreadable_torch_file(path, e) from e

@@ -35,6 +35,28 @@ IO_DESCRIPTIONS = {
 }
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32}
 
+# Passes of coremltools' default MIL pipeline that change nothing in wconv's encoder programs (measured
+# pass by pass with coremltools 9.0 on whisper.cpp's encoder, with and without enumerated lengths; WhisperKit's
+# fp16 output needs update_output_dtypes, enumerated lengths need reduce_transposes). Each pass costs its time
+# and a validation of the whole program after it; without them the encoder converts into the same bytes
+# (tests/test_lean_conversion.py compares the saved packages of both layouts and of enumerated lengths).
+IDLE_ENCODER_PASSES = tuple(f"common::{name}" for name in (
+    "add_conv_transpose_output_shape", "add_int16_cast", "canonicalize_inplace_pattern",
+    "canonicalize_quantized_lut_pattern", "compose_conv1d", "concat_to_pixel_shuffle",
+    "dequantize_quantize_pair_elimination", "dequantize_to_constexpr", "detect_concat_interleave",
+    "distributive_quantized_binary_op_scale_normalization", "divide_to_multiply", "expand_dynamic_linear",
+    "expand_high_rank_reshape_and_transpose", "fuse_conv_batchnorm", "fuse_conv_bias", "fuse_dilated_conv",
+    "fuse_gelu_exact", "fuse_gelu_tanh_approximation", "fuse_leaky_relu", "fuse_linear_bias",
+    "fuse_matmul_weight_bias", "fuse_onehot_matmul_to_gather", "fuse_pad_conv", "fuse_prelu", "fuse_reduce_mean",
+    "fuse_squeeze_expand_dims", "fuse_stack_split", "fuse_transpose_matmul", "guard_negative_gather_indices",
+    "image_input_preprocess", "int_op_canonicalization", "loop_invariant_elimination", "lower_complex_dialect_ops",
+    "merge_affine_dequantize_with_consecutive_ops", "merge_consecutive_paddings", "merge_consecutive_relus",
+    "merge_consecutive_reshapes", "merge_consecutive_transposes", "nullify_redundant_quantization_zero_point",
+    "prefer_state_in_downstream", "prelu_to_lrelu", "rank0_expand_dims_swap",
+    "remove_redundant_ops", "remove_symbolic_reshape", "replace_stack_reshape", "sanitize_input_output_names",
+    "select_optimization", "use_reflection_padding"
+))
+
 
 MODULE_BUILDERS = {
     ArtifactKind.MEL_SPECTROGRAM: lambda model, artifact: ane.LogMelSpectrogram(model.dims.n_mels).eval(),
@@ -122,8 +144,18 @@ def wconv_convert(traced, artifact, job):
         states=states or None,
         compute_precision=getattr(ct.precision, artifact.options.get("compute_precision", "float16").upper()),
         minimum_deployment_target=target,
+        pass_pipeline=encoder_pass_pipeline() if artifact.kind is ArtifactKind.ENCODER else None,
         skip_model_load=True,
     )
+
+
+def encoder_pass_pipeline():
+    """coremltools' default pass pipeline without :data:`IDLE_ENCODER_PASSES`."""
+    import coremltools as ct
+
+    pipeline = ct.PassPipeline.DEFAULT
+    pipeline.remove_passes(IDLE_ENCODER_PASSES)
+    return pipeline
 
 
 @hookimpl(trylast=True)

@@ -46,10 +46,13 @@ def random_state_dict(dims, seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_random_checkpoint(path: Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Save an openai-format checkpoint ({"dims", "model_state_dict"}) with random weights."""
+def write_random_checkpoint(path: Path, size: str = "tiny", seed: int = 0, fp16: bool = False) -> Path:
+    """Save an openai-format checkpoint ({"dims", "model_state_dict"}) with random weights (fp16 like the official ones)."""
     dims = real_dims(size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": random_state_dict(dims, seed)}, path)
+    state = random_state_dict(dims, seed)
+    if fp16:
+        state = {name: tensor.half() for name, tensor in state.items()}
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": state}, path)
     return path

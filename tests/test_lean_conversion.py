@@ -1,0 +1,73 @@
+"""What the conversion speed-ups must not change: the saved encoder (byte for byte without coremltools'
+idle passes), the fp32 reference (bit for bit when it runs block by block) and the checkpoint's values
+(read memory-mapped)."""
+
+import coremltools as ct
+import pytest
+import torch
+from click.testing import CliRunner
+
+import wconv
+from wconv.cli import cli
+from wconv.conversion import defaults
+from wconv.job import Job
+from wconv.layouts.contracts import whispercpp_encoder, whisperkit_encoder
+from wconv.plugins.openai_whisper.checkpoint import load_checkpoint
+from wconv.runtime.reference import LazyEncoder, whisper_model
+from wconv.tools.random_checkpoints import write_random_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny-dims fp16 checkpoint (zero and negative LayerNorm weights, like every random one), loaded."""
+    path = write_random_checkpoint(tmp_path_factory.mktemp("lean") / "tiny.pt", "tiny", seed=5, fp16=True)
+    return path, wconv.load_source(str(path), "openai")
+
+
+def saved_bytes(mlmodel, path) -> dict[str, bytes]:
+    """The program and weight files of a saved package (Manifest.json holds fresh UUIDs, so not it)."""
+    mlmodel.save(str(path))
+    return {file.name: file.read_bytes() for file in path.rglob("*") if file.is_file() and file.name != "Manifest.json"}
+
+
+@pytest.mark.parametrize("contract", [
+    whispercpp_encoder, whisperkit_encoder, lambda model: whispercpp_encoder(model, (1500, 3000)),
+], ids=["whispercpp", "whisperkit", "enumerated-lengths"])
+def test_idle_passes_change_no_byte_of_the_saved_encoder(tiny, tmp_path, monkeypatch, contract):
+    _, model = tiny
+    artifact = contract(model)
+    job = Job(source="tiny.pt", output=tmp_path)
+    traced = defaults.wconv_trace(model, artifact)
+    lean = saved_bytes(defaults.wconv_convert(traced, artifact, job), tmp_path / "lean.mlpackage")
+    monkeypatch.setattr(defaults, "encoder_pass_pipeline", lambda: ct.PassPipeline.DEFAULT)
+    full = saved_bytes(defaults.wconv_convert(traced, artifact, job), tmp_path / "full.mlpackage")
+    assert {"model.mlmodel", "weight.bin"} <= set(lean)
+    assert lean == full
+    assert len(defaults.encoder_pass_pipeline().passes) > len(defaults.IDLE_ENCODER_PASSES)
+
+
+def test_block_by_block_reference_equals_the_whole_fp32_encoder(tiny):
+    _, model = tiny
+    mel = torch.randn(1, model.dims.n_mels, 3000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = whisper_model(model.dims, model.state_dict).encoder(mel)
+    assert torch.equal(LazyEncoder(model.dims, model.state_dict)(mel), whole)
+
+
+def test_mapped_checkpoint_holds_the_saved_values(tiny, tmp_path):
+    path, _ = tiny
+    _, state, _ = load_checkpoint(path)
+    saved = torch.load(path, weights_only=True)["model_state_dict"]
+    assert state.keys() == saved.keys()
+    assert all(state[name].dtype == torch.float16 and torch.equal(state[name], saved[name]) for name in saved)
+    legacy = tmp_path / "legacy.pt"  # torch's pre-1.6 format cannot be mapped: read whole
+    dims = torch.load(path, weights_only=True)["dims"]
+    torch.save({"dims": dims, "model_state_dict": saved}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint(legacy)[1]["encoder.conv1.weight"], saved["encoder.conv1.weight"])
+
+
+def test_sample_checkpoint_fp16_stores_half_weights(tmp_path):
+    result = CliRunner().invoke(cli, ["sample-checkpoint", str(tmp_path / "t.pt"), "--fp16"])
+    assert result.exit_code == 0, result.output
+    state = torch.load(tmp_path / "t.pt", weights_only=True)["model_state_dict"]
+    assert {tensor.dtype for tensor in state.values()} == {torch.float16}
