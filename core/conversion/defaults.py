@@ -39,7 +39,8 @@ NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32}
 MODULE_BUILDERS = {
     ArtifactKind.MEL_SPECTROGRAM: lambda model, artifact: ane.LogMelSpectrogram(model.dims.n_mels).eval(),
     ArtifactKind.ENCODER: lambda model, artifact: ane.build_encoder(model.dims, model.state_dict, channels_first_output=artifact.channels_first),
-    **{kind: lambda model, artifact: steps.build_decoder(artifact.kind, model.dims, model.state_dict, model.alignment_heads)
+    **{kind: lambda model, artifact: steps.build_decoder(artifact.kind, model.dims, model.state_dict, model.alignment_heads,
+                                                          artifact.options.get("text_context"))
        for kind in steps.STEP_MODULES},
 }
 
