@@ -133,7 +133,7 @@ def wconv_postprocess(mlmodel, model, artifact, job):
     from ..manifest import package_version
 
     mlmodel.author = "wconv"
-    precision = "fp32 compute, fp16 IO" if artifact.options.get("compute_precision") == "float32" else "ANE-optimized, fp16"
+    precision = "fp32 compute, fp16 output" if artifact.options.get("compute_precision") == "float32" else "ANE-optimized, fp16"
     mlmodel.short_description = f"Whisper {model.name} {artifact.kind} ({precision}), converted by wconv from {model.family}:{job.source}"
     mlmodel.version = package_version("wconv") or ""
     mlmodel.user_defined_metadata.update({

@@ -56,12 +56,19 @@ def encode(manifest: dict, audio: Path):
 
 
 def source_model(manifest: dict, pm=None):
-    """openai-whisper's fp32 model of the manifest's source checkpoint (checked by sha256): the decoder of outputs without a Core ML one."""
-    from ..runtime.reference import whisper_model
+    """The manifest's source checkpoint (checked by sha256): its decoder runs on the host when no Core ML one was converted."""
     from ..sources import load_source
 
-    source = load_source(manifest["source"], manifest["family"], pm, expected_sha256=manifest["checkpoint_sha256"])
-    return whisper_model(source.dims, source.state_dict, source.alignment_heads)
+    return load_source(manifest["source"], manifest["family"], pm, expected_sha256=manifest["checkpoint_sha256"])
+
+
+def host_decoder(manifest: dict, pm=None):
+    """openai-whisper's fp32 decoder of :func:`source_model`, as step functions."""
+    from ..runtime.decoding import PyTorchDecoder
+    from ..runtime.reference import whisper_model
+
+    source = source_model(manifest, pm)
+    return PyTorchDecoder(whisper_model(source.dims, source.state_dict, source.alignment_heads))
 
 
 def decoder_artifact(manifest: dict, kinds=DECODER_PREFERENCE) -> tuple[Path, Artifact] | None:
@@ -94,7 +101,7 @@ def transcribe(target: Path, audio: Path, language: str | None = None, condition
     from whisper.model import ModelDimensions
 
     from ..layouts.contracts import decoder_text_context
-    from ..runtime.decoding import PyTorchDecoder, channels_first, decoder_steps
+    from ..runtime.decoding import channels_first, decoder_steps
     from ..runtime.longform import transcribe_samples
     from ..runtime.run import load_artifact
 
@@ -119,7 +126,7 @@ def transcribe(target: Path, audio: Path, language: str | None = None, condition
 
         decoder_method = f"{artifact.kind.variant} {encoder.method}"
     else:
-        pytorch = cache(lambda: PyTorchDecoder(source_model(manifest, pm)))
+        pytorch = cache(lambda: host_decoder(manifest, pm))
         context, decoder_method = None, "pytorch"
 
         def decoder(features):

@@ -34,8 +34,9 @@ def wconv_verify(path, model, artifact, job):
 def mel_spectrogram_checks(path: Path, model: LoadedModel, artifact: Artifact, job: Job) -> list[Check]:
     """The converted MelSpectrogram vs openai-whisper's ``log_mel_spectrogram`` of the samples it receives.
 
-    Those are the audio rounded to the model's fp16 input; ``max_abs_error_vs_fp32_audio`` also
-    reports the distance to the log-mel of the unrounded audio, which that rounding alone sets.
+    Those are the audio cast to the model's input dtype (float32, as WhisperKit feeds it: unchanged; a
+    package with fp16 audio rounds it); ``max_abs_error_vs_fp32_audio`` also reports the distance to the
+    log-mel of the float32 audio, which such rounding alone sets.
     """
     import whisper
 
