@@ -118,6 +118,7 @@ def test_every_decoders_host_loop_gives_openai_whispers_segments_window_by_windo
     reference = openai_long["prompted" if prompted else "unprompted"]
     assert segments_of(result) == segments_of(reference)
     assert result["text"] == reference["text"].strip()
+    assert not any(module._forward_hooks for module in openai_base_model.modules())  # the shared model is left as it was
 
 
 def test_the_whisperkit_folder_transcribes_with_its_own_models_and_detects_the_language(base_whisperkit, speech_clips, openai_base_model):

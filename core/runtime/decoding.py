@@ -102,22 +102,27 @@ def decoder_steps(kind: ArtifactKind | str, model, encoder_output_embeds: np.nda
 
 
 class PyTorchDecoder:
-    """openai-whisper's own fp32 decoder as step functions, its key/value cache hooks installed once."""
+    """openai-whisper's own fp32 decoder as step functions; its key/value cache hooks are on the model only during a step."""
 
     def __init__(self, model):
         self.model = model
-        self.cache, self.hooks = model.install_kv_cache_hooks()
 
     def steps(self, encoder_output: np.ndarray) -> StepFunction:
-        """Steps over one encoder output ``(1, n_audio_ctx, D)``; starting them empties the cache of the previous ones."""
+        """Steps over one encoder output ``(1, n_audio_ctx, D)``, each with its own cache."""
         import torch
 
         audio = torch.from_numpy(np.ascontiguousarray(encoder_output, dtype=np.float32))
-        self.cache.clear()
+        cache: dict = {}
 
         def step(token: int, position: int) -> np.ndarray:
-            with torch.no_grad():
-                return self.model.decoder(torch.tensor([[token]]), audio, kv_cache=self.cache)[0, -1].numpy()
+            nonlocal cache
+            cache, hooks = self.model.install_kv_cache_hooks(cache)
+            try:
+                with torch.no_grad():
+                    return self.model.decoder(torch.tensor([[token]]), audio, kv_cache=cache)[0, -1].numpy()
+            finally:
+                for hook in hooks:
+                    hook.remove()
 
         return step
 
