@@ -31,8 +31,12 @@ def build_job(model: str | os.PathLike, family: str | None = None, output: str |
             fields["audio_lengths"] = tuple(int(frames) for frames in fields["audio_lengths"])
         except (TypeError, ValueError):
             raise InputError(f"option audio_lengths takes a list of mel frame counts, not {fields['audio_lengths']!r}") from None
+    if not 1 <= fields.get("text_context", JOB_DEFAULTS["text_context"]) <= JOB_DEFAULTS["text_context"]:
+        raise InputError(f"--text-context {fields['text_context']} is outside 1-448 (Whisper's text context): use 224 "
+                         "(what WhisperKit decodes) or 448")
     if "verify_input" in fields:
         fields["verify_input"] = Path(fields["verify_input"])
+        refuse_silent_audio(fields["verify_input"])
     if "compress" in fields:
         fields["min_target"] = compression_target(fields["compress"], fields.get("min_target"))
     return Job(source=os.fspath(model), family=family, output=Path(output), **fields)
@@ -54,6 +58,14 @@ def check_option_type(name: str, value) -> None:
 
 ACCEPTED_NAMES = {str: "a string", bool: "true or false", int: "a number", float: "a number", Path: "a path",
                   os.PathLike: "a path"}
+
+
+def refuse_silent_audio(path: Path) -> None:
+    """A ``--verify-input`` wav without speech would prove nothing: refused before anything loads."""
+    from .runtime.audio import is_audio_file, read_wav, silence_problem
+
+    if is_audio_file(path) and path.is_file() and (problem := silence_problem(read_wav(path))):
+        raise InputError(f"--verify-input {path}: {problem}; give a clip with speech")
 
 
 def compression_target(compress: str, pinned: str | None) -> str:

@@ -89,13 +89,16 @@ def parse_audio_lengths(ctx, param, value):
                    "(its CPU runtime runs fp16 ~33x slower).")
 @click.option("--decoder", type=click.Choice(["stateful", "cache-io"]),
               help="Also convert a Core ML text decoder: stateful (MLState, iOS18+) or cache-io (WhisperKit's contract, iOS16+).")
+@click.option("--text-context", type=int, help="Self-attention cache length of the Core ML decoders [default: 448; "
+              "WhisperKit decodes at most 224 tokens].")
 @click.option("--parent", help="distil: the model it was distilled from (name, .pt, ggml file, directory or its converted encoder .mlpackage).")
 @click.option("--parent-ggml", help="distil: with --parent PACKAGE, the parent's ggml file that proves the encoders are the same.")
 @click.option("--trust-parent", is_flag=True, help="distil: link the --parent package without proof (recorded in the manifest).")
 @click.option("--convert-own-encoder", is_flag=True, help="distil: convert the distil encoder instead of reusing the parent's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def run(model, sample, family, output, name, force, min_target, audio_lengths, no_verify, min_psnr, verify_input, layout,
-        folder_suffix, ggml_type, compress, precision, decoder, parent, parent_ggml, trust_parent, convert_own_encoder, as_json):
+        folder_suffix, ggml_type, compress, precision, decoder, text_context, parent, parent_ggml, trust_parent, convert_own_encoder,
+        as_json):
     """Convert MODEL (a name, path or hub id) into Core ML artifacts."""
     from .api import convert
 
@@ -109,7 +112,7 @@ def run(model, sample, family, output, name, force, min_target, audio_lengths, n
     result = convert(model, family, output, name=name, force=force, min_target=min_target, audio_lengths=audio_lengths,
                      verify=not no_verify, min_psnr=min_psnr, verify_input=verify_input, layout=layout,
                      folder_suffix=folder_suffix, ggml_type=ggml_type, compress=compress, precision=precision, decoder=decoder,
-                     parent=parent, parent_ggml=parent_ggml, trust_parent=trust_parent or None,
+                     text_context=text_context, parent=parent, parent_ggml=parent_ggml, trust_parent=trust_parent or None,
                      convert_own_encoder=convert_own_encoder or None)
     report(result, as_json)
 
@@ -187,14 +190,20 @@ def compress(packages, spec, output, against, family, verify_input, min_psnr, fo
 @cli.command()
 @click.argument("target", type=click.Path(path_type=Path))
 @click.argument("audio", type=click.Path(path_type=Path))
-@click.option("--language", help="Spoken language code (default: detect; English for .en models).")
-@click.option("--json", "as_json", is_flag=True, help="Print {text, tokens} as JSON.")
-def transcribe(target, audio, language, as_json):
-    """Transcribe AUDIO (.wav) with the converted model in TARGET (output dir or manifest)."""
+@click.option("--language", help="Spoken language code or name (default: detected from the first 30 s; English for .en models).")
+@click.option("--condition-on-previous-text/--no-condition-on-previous-text", default=True, show_default=True,
+              help="Give each 30 s window the text so far as prompt (openai-whisper's default).")
+@click.option("--word-timestamps", is_flag=True, help="Time each word (needs a cache-io decoder: --decoder cache-io or --layout whisperkit).")
+@click.option("--json", "as_json", is_flag=True, help="Print {text, language, segments, tokens, encoder, decoder} as JSON.")
+def transcribe(target, audio, language, condition_on_previous_text, word_timestamps, as_json):
+    """Transcribe AUDIO (.wav, any length) with the converted model in TARGET (output dir or manifest)."""
     from .tools.transcribe import transcribe as run_transcription
 
-    result = run_transcription(target, audio, language)
-    click.echo(json.dumps(result) if as_json else result["text"])
+    result = run_transcription(target, audio, language, condition_on_previous_text, word_timestamps)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(result["text"] or result["note"])
 
 
 def show_rows(rows: list[dict], as_json: bool, columns: dict) -> None:

@@ -31,6 +31,7 @@ class Job:
     layout: str = "whispercpp"
     audio_lengths: tuple[int, ...] = ()
     decoder: str | None = None
+    text_context: int = 448  # self-attention cache length of the Core ML decoders (WhisperKit decodes at most 224)
     ggml_type: str = "f16"
     compress: str | None = None
     precision: str | None = None  # the layout's default (float16)
@@ -117,7 +118,7 @@ class Artifact:
     def from_entry(cls, entry: dict, filename: str | None = None) -> "Artifact":
         """The artifact a manifest entry (or :func:`wconv.manifest.describe_io` plus a kind) describes."""
         return cls(kind=ArtifactKind(entry["kind"]), filename=filename or entry["file"],
-                   inputs=entry["inputs"], outputs=entry["outputs"])
+                   inputs=entry["inputs"], outputs=entry["outputs"], options={"states": entry["states"]} if entry.get("states") else {})
 
     def contract(self) -> list[tuple]:
         """Names, shapes and dtypes of the IO; enumerated shapes make two contracts differ."""

@@ -52,8 +52,10 @@ def describe_io(path: Path) -> dict:
     }
 
 
-def build_manifest(model: LoadedModel, job: Job, artifacts: list[dict], checks: list[Check], reused: dict[str, dict]) -> dict:
-    """The manifest dict for one converted model; ``reused`` maps artifact files to their :class:`~wconv.Reuse` records."""
+def build_manifest(model: LoadedModel, job: Job, artifacts: list[dict], checks: list[Check], reused: dict[str, dict],
+                   compile_command: str | None = None) -> dict:
+    """The manifest dict for one converted model; ``reused`` maps artifact files to their :class:`~wconv.Reuse` records;
+    ``compile_command`` is what still has to run on a Mac before the consumer can load the models (``needs_compile``)."""
     return {
         "wconv_manifest": 1,
         "family": model.family,
@@ -73,6 +75,8 @@ def build_manifest(model: LoadedModel, job: Job, artifacts: list[dict], checks: 
         "artifacts": [with_target(entry, job.min_target) for entry in artifacts],
         "verify": [check.to_dict() for check in checks],
         "verify_input": verify_input_name(job.verify_input),
+        "needs_compile": compile_command is not None,
+        **({"compile_command": compile_command} if compile_command else {}),
         **({"reused": reused} if reused else {}),
         **model.provenance,
     }

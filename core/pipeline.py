@@ -149,16 +149,17 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
             refuse_to_overwrite(job.output, [final], job.force)
             work = work.rename(staging / final)
             folder = final
-        manifest = build_manifest(model, job, described, checks, reused)
+        destination = job.output / folder
+        needs_compile = sys.platform != "darwin" or compile_error is not None
+        manifest = build_manifest(model, job, described, checks, reused, layout.compile_command(destination, plan) if needs_compile else None)
         write_manifest(work / manifest_name, manifest)
         earlier = set() if folder else listed_files(job.output / manifest_name)  # --force: what the replaced run wrote
         publish(staging, job.output, [folder] if folder else names + [manifest_name])
         remove_stale(job.output, earlier - set(names))
 
-    destination = job.output / folder
     result = Result(model=model, paths=[destination / name for name in names], manifest_path=destination / manifest_name,
                     manifest=manifest, checks=checks)
-    hint = layout.mac_hint(destination, plan) if sys.platform != "darwin" or compile_error else None
+    hint = layout.mac_hint(destination, plan) if needs_compile else None
     if hint:
         result.notes.append(f"{compile_error}; {hint}" if compile_error else hint)
     failed = [check for check in checks if not check.passed]

@@ -23,6 +23,8 @@ from wconv.tools.random_checkpoints import random_state_dict, real_dims
 from wconv.runtime.audio import read_wav
 from wconv.verify.metrics import compare
 
+from conftest import TorchPredictor, convert_decoder
+
 VARIANTS = ("stateful", "cache-io")
 ALIGNMENT_HEADS = [[1, 0], [2, 3], [3, 5]]
 # sot, en, transcribe, notimestamps, then " The" and the last token of the vocabulary (last chunk)
@@ -37,21 +39,6 @@ def random_tiny_model() -> LoadedModel:
     state["decoder.positional_embedding"] = 0.1 * torch.randn(dims.n_text_ctx, dims.n_text_state, generator=generator)
     return LoadedModel(family="openai", name="tiny", dims=dims, state_dict=state, source="random", source_sha256="0" * 64,
                        alignment_heads=ALIGNMENT_HEADS)
-
-
-def convert_decoder(model: LoadedModel, variant: str, directory) -> str:
-    """Plan, trace, convert and save one decoder with core's default hooks; the saved path."""
-    job = Job(source=model.source, decoder=variant)
-    artifact = CoreMLLayout().plan(model, job)[-1]
-    return save_artifact(model, artifact, job, directory)
-
-
-def save_artifact(model, artifact, job, directory) -> str:
-    traced = defaults.wconv_trace(model=model, artifact=artifact)
-    mlmodel = defaults.wconv_convert(traced=traced, artifact=artifact, job=job)
-    path = str(directory / artifact.filename)
-    mlmodel.save(path)
-    return path
 
 
 def load_program(path):
@@ -77,25 +64,6 @@ def openai_reference(model: LoadedModel):
     reference = whisper.model.Whisper(model.dims).eval()
     reference.load_state_dict(model.state_dict)
     return reference
-
-
-class TorchPredictor:
-    """A PyTorch decoder behind the interface the host steps drive (``predict``, ``make_state``)."""
-
-    OUTPUTS = ("logits", "key_cache_updates", "value_cache_updates", "alignment_heads_weights")
-
-    def __init__(self, module):
-        self.module = module
-
-    def make_state(self):
-        for buffer in self.module.buffers():
-            buffer.zero_()
-
-    def predict(self, inputs: dict, state=None) -> dict:
-        with torch.no_grad():
-            outputs = self.module(**{name: torch.from_numpy(value) for name, value in inputs.items()})
-        outputs = (outputs,) if isinstance(outputs, torch.Tensor) else outputs
-        return {name: output.numpy() for name, output in zip(self.OUTPUTS, outputs)}
 
 
 class Recording:
@@ -147,10 +115,10 @@ def tiny_decoders(tmp_path_factory):
     return {variant: convert_decoder(model, variant, directory) for variant in VARIANTS}
 
 
-def decode_steps(tiny: Expected, variant: str, predictor, dtype) -> list[dict]:
+def decode_steps(tiny: Expected, variant: str, predictor, dtype, text_context: int = 448) -> list[dict]:
     """Feed TOKENS one per step through the host steps; every prediction's outputs."""
     recording = Recording(predictor)
-    step = decoder_steps(ArtifactKind.decoder(variant), recording, channels_first(tiny.audio).astype(dtype), tiny.model.dims)
+    step = decoder_steps(ArtifactKind.decoder(variant), recording, channels_first(tiny.audio).astype(dtype), tiny.model.dims, text_context)
     for position, token in enumerate(TOKENS):
         step(token, position)
     return recording.predictions
@@ -181,6 +149,20 @@ def test_converted_decoder_matches_pytorch_within_35_db(tiny, tiny_decoders, var
     if variant == "cache-io":
         alignment = np.concatenate([outputs["alignment_heads_weights"] for outputs in predictions])
         assert compare(tiny.alignment, alignment)["psnr"] >= 35
+
+
+def test_a_224_token_text_context_halves_the_cache_and_keeps_the_logits(tiny, tiny_decoders, tmp_path):
+    """`--text-context 224` (WhisperKit never decodes past 224 tokens): caches and masks 224 long, the update mask int32
+    as WhisperKit allocates it; the logits over TOKENS are the 448-long decoder's (later positions are masked in both)."""
+    short = convert_decoder(tiny.model, "cache-io", tmp_path, text_context=224)
+    spec, _ = load_program(short)
+    inputs = {name: (shape, dtype) for name, shape, dtype in io_contract(spec.description.input)}
+    assert inputs["key_cache"] == ([1, 1536, 1, 224], "FLOAT16") and inputs["kv_cache_update_mask"] == ([1, 224], "INT32")
+    long_steps, short_steps = (decode_steps(tiny, "cache-io", MLProgramEvaluator.load(path), np.float16, context)
+                               for path, context in ((tiny_decoders["cache-io"], 448), (short, 224)))
+    for long_step, short_step in zip(long_steps, short_steps):
+        assert compare(long_step["logits"], short_step["logits"])["psnr"] >= 60
+        assert np.array_equal(long_step["key_cache_updates"], short_step["key_cache_updates"])
 
 
 def test_stateful_program_keeps_the_cache_in_fp16_states_on_ios18(tiny_decoders):
@@ -223,23 +205,6 @@ def test_program_has_no_dimension_above_16384_and_stores_the_token_table_once(ti
     assert len(token_tables) == 4 and token_tables == vocabulary_kernels
 
 
-@pytest.fixture(scope="session")
-def base_model(ct2_base) -> LoadedModel:
-    return LoadedModel(family="ct2", name="base", dims=ct2_base.dims, state_dict=ct2_base.state_dict, source="sample",
-                       source_sha256=ct2_base.source_sha256, multilingual=ct2_base.is_multilingual,
-                       alignment_heads=ct2_base.alignment_heads)
-
-
-@pytest.fixture(scope="session")
-def base_artifacts(base_model, tmp_path_factory):
-    """whisper.cpp's encoder and both decoders of the real base weights, converted once."""
-    directory = tmp_path_factory.mktemp("base")
-    job = Job(source="sample")
-    paths = {"encoder": save_artifact(base_model, CoreMLLayout().plan(base_model, job)[0], job, directory)}
-    paths.update({variant: convert_decoder(base_model, variant, directory) for variant in VARIANTS})
-    return paths
-
-
 def test_cache_io_decoder_is_whisperkits_textdecoder_contract(base_artifacts):
     spec, _ = load_program(base_artifacts["cache-io"])
     assert spec.specificationVersion == ct._SPECIFICATION_VERSION_IOS_16
@@ -248,7 +213,7 @@ def test_cache_io_decoder_is_whisperkits_textdecoder_contract(base_artifacts):
         ("cache_length", [1], "INT32"),
         ("key_cache", [1, 3072, 1, 448], "FLOAT16"),
         ("value_cache", [1, 3072, 1, 448], "FLOAT16"),
-        ("kv_cache_update_mask", [1, 448], "FLOAT16"),
+        ("kv_cache_update_mask", [1, 448], "INT32"),
         ("encoder_output_embeds", [1, 512, 1, 1500], "FLOAT16"),
         ("decoder_key_padding_mask", [1, 448], "FLOAT16"),
     ]

@@ -291,4 +291,5 @@ def test_run_family_hf_then_transcribe_gives_transformers_tokens(hf_base_dir, hf
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ggml-whisper-base-encoder.mlpackage").is_dir() and (tmp_path / "ggml-whisper-base.bin").is_file()
     for clip in speech_clips:
-        assert transcribe(tmp_path, clip, language="en")["tokens"] == hf_generated[clip.name], clip.name
+        text_tokens = [token for token in transcribe(tmp_path, clip, language="en")["tokens"] if token < 50257]  # no timestamps
+        assert text_tokens == hf_generated[clip.name], clip.name

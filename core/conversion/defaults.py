@@ -61,7 +61,8 @@ IDLE_ENCODER_PASSES = tuple(f"common::{name}" for name in (
 MODULE_BUILDERS = {
     ArtifactKind.MEL_SPECTROGRAM: lambda model, artifact: ane.LogMelSpectrogram(model.dims.n_mels).eval(),
     ArtifactKind.ENCODER: lambda model, artifact: ane.build_encoder(model.dims, model.state_dict, channels_first_output=artifact.channels_first),
-    **{kind: lambda model, artifact: steps.build_decoder(artifact.kind, model.dims, model.state_dict, model.alignment_heads)
+    **{kind: lambda model, artifact: steps.build_decoder(artifact.kind, model.dims, model.state_dict, model.alignment_heads,
+                                                          artifact.options.get("text_context"))
        for kind in steps.STEP_MODULES},
 }
 
@@ -163,7 +164,7 @@ def wconv_postprocess(mlmodel, model, artifact, job):
     from ..manifest import package_version
 
     mlmodel.author = "wconv"
-    precision = "fp32 compute, fp16 IO" if artifact.options.get("compute_precision") == "float32" else "ANE-optimized, fp16"
+    precision = "fp32 compute, fp16 output" if artifact.options.get("compute_precision") == "float32" else "ANE-optimized, fp16"
     mlmodel.short_description = f"Whisper {model.name} {artifact.kind} ({precision}), converted by wconv from {model.family}:{job.source}"
     mlmodel.version = package_version("wconv") or ""
     mlmodel.user_defined_metadata.update({

@@ -43,13 +43,13 @@ class StatefulDecoder(nn.Module):
     fp16 states named by :func:`wconv.layouts.contracts.kv_state_name`.
     """
 
-    def __init__(self, dims):
+    def __init__(self, dims, text_context: int | None = None):
         super().__init__()
         self.decoder = TextDecoder(dims)
-        self.n_text_ctx = dims.n_text_ctx
+        self.n_text_ctx = text_context or dims.n_text_ctx
         for layer in range(dims.n_text_layer):
             for kind in ("key", "value"):
-                cache = torch.zeros(1, dims.n_text_state, 1, dims.n_text_ctx)
+                cache = torch.zeros(1, dims.n_text_state, 1, self.n_text_ctx)
                 self.register_buffer(kv_state_name(kind, layer), cache, persistent=False)
 
     def layer_cache(self, layer: int, write_mask: torch.Tensor):
@@ -92,7 +92,7 @@ class CacheIODecoder(nn.Module):
 
     def forward(self, input_ids, cache_length, key_cache, value_cache, kv_cache_update_mask,
                 encoder_output_embeds, decoder_key_padding_mask):
-        write_mask = kv_cache_update_mask.view(1, 1, 1, -1)
+        write_mask = kv_cache_update_mask.to(key_cache.dtype).view(1, 1, 1, -1)  # int32, as WhisperKit allocates it
         new_keys, new_values = [], []
 
         def layer_cache(keys, values):
@@ -114,13 +114,16 @@ class CacheIODecoder(nn.Module):
 
 
 STEP_MODULES = {
-    ArtifactKind.DECODER_STATEFUL: lambda dims, alignment_heads: StatefulDecoder(dims),
-    ArtifactKind.DECODER_CACHE_IO: CacheIODecoder,
+    ArtifactKind.DECODER_STATEFUL: lambda dims, alignment_heads, text_context: StatefulDecoder(dims, text_context),
+    ArtifactKind.DECODER_CACHE_IO: lambda dims, alignment_heads, text_context: CacheIODecoder(dims, alignment_heads),
 }
 
 
-def build_decoder(kind: ArtifactKind | str, dims, state_dict: dict, alignment_heads=None) -> nn.Module:
-    """The fp32 decoding-step module of a decoder artifact kind, loaded from a canonical state dict."""
-    module = STEP_MODULES[ArtifactKind(kind)](dims, alignment_heads)
+def build_decoder(kind: ArtifactKind | str, dims, state_dict: dict, alignment_heads=None, text_context: int | None = None) -> nn.Module:
+    """The fp32 decoding-step module of a decoder artifact kind, loaded from a canonical state dict.
+
+    ``text_context`` is the length of the self-attention cache (default the model's ``n_text_ctx``);
+    the cache-io module takes it from its inputs' shapes."""
+    module = STEP_MODULES[ArtifactKind(kind)](dims, alignment_heads, text_context)
     load_canonical(module.decoder, state_dict, "decoder.")
     return module.eval()

@@ -18,7 +18,7 @@ class Layout:
     The pipeline asks, in order: :meth:`check_options` (before loading), :meth:`folder` and
     :meth:`plan` (after loading), :meth:`extra_files` (before any work, to refuse overwriting),
     :meth:`write_extra_files` (after the artifacts), on macOS :meth:`compile`, then
-    :meth:`final_folder`, and after publishing, elsewhere than macOS, :meth:`mac_hint`.
+    :meth:`final_folder` and, elsewhere than macOS, :meth:`compile_command` (the manifest's and :meth:`mac_hint`'s).
     """
 
     name: str = ""
@@ -52,9 +52,14 @@ class Layout:
         """macOS: compile what the consumer loads (``.mlmodelc``…) into ``folder``; returns the paths written."""
         return []
 
-    def mac_hint(self, folder: Path, plan: list[Artifact]) -> str | None:
-        """Elsewhere: the command to run on a Mac for what :meth:`compile` would have done, if anything."""
+    def compile_command(self, folder: Path, plan: list[Artifact]) -> str | None:
+        """The shell command that does on a Mac what :meth:`compile` does, if anything (the manifest's ``compile_command``)."""
         return None
+
+    def mac_hint(self, folder: Path, plan: list[Artifact]) -> str | None:
+        """Elsewhere: what to run on a Mac for what :meth:`compile` would have done, if anything."""
+        command = self.compile_command(folder, plan)
+        return command and f"on a Mac with Xcode: {command}"
 
 
 def collect_layouts(pm: pluggy.PluginManager) -> dict[str, Layout]:

@@ -72,39 +72,41 @@ def logits_output(model: LoadedModel) -> dict:
     return {"name": "logits", "shape": [1, 1, model.dims.n_vocab], "dtype": "float16"}
 
 
-def stateful_decoder(model: LoadedModel) -> Artifact:
+def stateful_decoder(model: LoadedModel, filename: str | None = None, text_context: int | None = None) -> Artifact:
     """One decoding step whose self-attention keys and values stay in Core ML states (``MLState``, iOS 18).
 
     Per token only the token id, its position and the encoder output go in and the logits come
-    out; each layer's keys and values are fp16 states ``(1, D, 1, n_text_ctx)`` written in the graph.
+    out; each layer's keys and values are fp16 states ``(1, D, 1, text_context)`` written in the
+    graph (``text_context`` defaults to the model's ``n_text_ctx``, 448).
     """
     dims = model.dims
-    cache_shape = [1, dims.n_text_state, 1, dims.n_text_ctx]
+    cache_shape = [1, dims.n_text_state, 1, text_context or dims.n_text_ctx]
     states = [{"name": kv_state_name(kind, layer), "shape": cache_shape, "dtype": "float16"}
               for layer in range(dims.n_text_layer) for kind in ("key", "value")]
     return Artifact(
         kind=ArtifactKind.DECODER_STATEFUL,
-        filename=decoder_filename(model.name, "stateful"),
+        filename=filename or decoder_filename(model.name, "stateful"),
         inputs=token_inputs() + [encoder_output_input(model)],
         outputs=[logits_output(model)],
-        options={"min_target": "iOS18", "states": states},
+        options={"min_target": "iOS18", "states": states, "text_context": cache_shape[-1]},
     )
 
 
-def cache_io_decoder(model: LoadedModel, filename: str | None = None) -> Artifact:
+def cache_io_decoder(model: LoadedModel, filename: str | None = None, text_context: int | None = None) -> Artifact:
     """WhisperKit's TextDecoder contract (iOS 16): the host keeps the self-attention cache.
 
-    ``key_cache``/``value_cache`` ``(1, D*L, 1, n_text_ctx)`` go in with the one-hot
-    ``kv_cache_update_mask`` (the step's position) and the additive ``decoder_key_padding_mask``
-    (0 attend, -1e4 not); the step's keys and values come out as ``(1, D*L, 1, 1)`` slices for the
-    host to write at that position. ``alignment_heads_weights`` (mean cross-attention over the
-    model's alignment heads) is there when the model has alignment heads.
+    ``key_cache``/``value_cache`` ``(1, D*L, 1, text_context)`` go in with the one-hot
+    ``kv_cache_update_mask`` (the step's position; int32, as WhisperKit allocates it) and the
+    additive ``decoder_key_padding_mask`` (0 attend, -1e4 not); the step's keys and values come out
+    as ``(1, D*L, 1, 1)`` slices for the host to write at that position. ``alignment_heads_weights``
+    (mean cross-attention over the model's alignment heads) is there when the model has alignment
+    heads. ``text_context`` defaults to the model's ``n_text_ctx`` (448, whisperkittools' default).
     """
     dims = model.dims
+    context = text_context or dims.n_text_ctx
     cache_width = dims.n_text_state * dims.n_text_layer
-    cache = {"shape": [1, cache_width, 1, dims.n_text_ctx], "dtype": "float16"}
+    cache = {"shape": [1, cache_width, 1, context], "dtype": "float16"}
     slice_ = {"shape": [1, cache_width, 1, 1], "dtype": "float16"}
-    mask = {"shape": [1, dims.n_text_ctx], "dtype": "float16"}
     outputs = [logits_output(model), {"name": "key_cache_updates", **slice_}, {"name": "value_cache_updates", **slice_}]
     if model.alignment_heads:
         outputs.append({"name": "alignment_heads_weights", "shape": [1, dims.n_audio_ctx], "dtype": "float16"})
@@ -114,29 +116,36 @@ def cache_io_decoder(model: LoadedModel, filename: str | None = None) -> Artifac
         inputs=token_inputs() + [
             {"name": "key_cache", **cache},
             {"name": "value_cache", **cache},
-            {"name": "kv_cache_update_mask", **mask},
+            {"name": "kv_cache_update_mask", "shape": [1, context], "dtype": "int32"},
             encoder_output_input(model),
-            {"name": "decoder_key_padding_mask", **mask},
+            {"name": "decoder_key_padding_mask", "shape": [1, context], "dtype": "float16"},
         ],
         outputs=outputs,
-        options={"min_target": FP16_INPUTS_TARGET},
+        options={"min_target": FP16_INPUTS_TARGET, "text_context": context},
     )
+
+
+def decoder_text_context(decoder: Artifact) -> int:
+    """The self-attention cache length of a decoder artifact (``--text-context``), from its cache input or state."""
+    caches = [spec for spec in (*decoder.inputs, *decoder.options.get("states", ())) if spec["name"] in ("key_cache", kv_state_name("key", 0))]
+    return caches[0]["shape"][-1]
 
 
 DECODERS = {ArtifactKind.DECODER_STATEFUL: stateful_decoder, ArtifactKind.DECODER_CACHE_IO: cache_io_decoder}
 
 
 def mel_spectrogram(model: LoadedModel) -> Artifact:
-    """WhisperKit's MelSpectrogram: fp16 ``audio (480000,)`` -> ``melspectrogram_features (1, n_mels, 1, 3000)``.
+    """WhisperKit's MelSpectrogram: float32 ``audio (480000,)`` -> fp16 ``melspectrogram_features (1, n_mels, 1, 3000)``.
 
-    It computes in fp32 between its fp16 IO: the log-mel keeps 8 decades of power below the
-    loudest bin, more than fp16 holds (fp16 compute is 0.05 off openai-whisper on speech, fp32 5e-4).
-    WhisperKit runs it on the GPU, where fp32 is native.
+    WhisperKit feeds the samples as Float32 (fp16 samples alone would move the log-mel by ~0.05).
+    It computes in fp32: the log-mel keeps 8 decades of power below the loudest bin, more than
+    fp16 holds (fp16 compute is 0.05 off openai-whisper on speech, fp32 5e-4). WhisperKit runs it
+    on the GPU, where fp32 is native.
     """
     return Artifact(
         kind=ArtifactKind.MEL_SPECTROGRAM,
         filename=f"{MEL_SPECTROGRAM}.mlpackage",
-        inputs=[{"name": "audio", "shape": [N_SAMPLES], "dtype": "float16"}],
+        inputs=[{"name": "audio", "shape": [N_SAMPLES], "dtype": "float32"}],
         outputs=[{"name": "melspectrogram_features", "shape": [1, model.dims.n_mels, 1, N_FRAMES], "dtype": "float16"}],
         options={"compute_precision": "float32", "min_target": FP16_INPUTS_TARGET},
     )

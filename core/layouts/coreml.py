@@ -30,7 +30,7 @@ class CoreMLLayout(Layout):
         if job.audio_lengths:
             plan.append(whispercpp_encoder(model, tuple(job.audio_lengths)))
         if job.decoder:
-            plan.append(DECODERS[ArtifactKind.decoder(job.decoder)](model))
+            plan.append(DECODERS[ArtifactKind.decoder(job.decoder)](model, text_context=job.text_context))
         return plan
 
 

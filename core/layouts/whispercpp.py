@@ -45,9 +45,8 @@ class WhisperCppLayout(CoreMLLayout):
         archive = shutil.make_archive(str(compiled), "zip", root_dir=folder, base_dir=compiled.name)
         return [compiled, Path(archive)]
 
-    def mac_hint(self, folder: Path, plan: list[Artifact]) -> str:
-        package = folder / plan[0].filename
-        return f"on a Mac with Xcode: {shlex.join(compile_command(package, folder))}"
+    def compile_command(self, folder: Path, plan: list[Artifact]) -> str:
+        return shlex.join(compile_command(folder / plan[0].filename, folder))
 
 
 @hookimpl

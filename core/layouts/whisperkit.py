@@ -101,7 +101,7 @@ class WhisperKitLayout(Layout):
 
     def plan(self, model: LoadedModel, job: Job) -> list[Artifact]:
         """The three models of WhisperKit's folder."""
-        return [mel_spectrogram(model), whisperkit_encoder(model), cache_io_decoder(model, f"{TEXT_DECODER}.mlpackage")]
+        return [mel_spectrogram(model), whisperkit_encoder(model), cache_io_decoder(model, f"{TEXT_DECODER}.mlpackage", job.text_context)]
 
     def write_extra_files(self, model: LoadedModel, job: Job, folder: Path) -> list[dict]:
         return [{"file": name, "kind": "config", "origin": origin} for name, origin in write_folder_files(model, folder).items()]
@@ -110,11 +110,14 @@ class WhisperKitLayout(Layout):
         """Each model of the folder compiled to ``.mlmodelc`` beside it."""
         return [compile_package(folder / artifact.filename) for artifact in plan]
 
-    def mac_hint(self, folder: Path, plan: list[Artifact]) -> str:
-        """The one command that compiles the folder's models on a Mac (a shell loop: its variable cannot be quoted by shlex)."""
+    def compile_command(self, folder: Path, plan: list[Artifact]) -> str:
+        """The one command that compiles the folder's models on a Mac (a shell loop: its variable cannot be quoted by shlex).
+
+        WhisperKit loads ``.mlmodelc`` (or a package's inner ``model.mlmodel`` uncompiled, which Core ML refuses), so
+        the folder works in WhisperKit only after it."""
         quoted = shlex.quote(str(folder))
         names = " ".join(artifact.filename.removesuffix(".mlpackage") for artifact in plan)
-        return f'on a Mac with Xcode: for m in {names}; do xcrun coremlcompiler compile {quoted}/"$m".mlpackage {quoted}; done'
+        return f'for m in {names}; do xcrun coremlcompiler compile {quoted}/"$m".mlpackage {quoted}; done'
 
 
 @hookimpl

