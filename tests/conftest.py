@@ -77,6 +77,11 @@ def fp32_transcripts(openai_base_model, speech_clips):
     return found
 
 
+def text_tokens(tokens: list[int]) -> list[int]:
+    """A multilingual transcript's text tokens: no timestamps (``wconv transcribe`` decodes with them, as openai-whisper's transcribe)."""
+    return [token for token in tokens if token < 50257]
+
+
 def invoke(*args):
     """Run the wconv CLI in-process."""
     from wconv.cli import cli

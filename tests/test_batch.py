@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import wconv
 from wconv.api import build_job
-from wconv.tools.batch import CHECKSUM_CACHE, JOB_KEYS, StageForwarder, load_batch
+from wconv.tools.batch import CHECKSUM_CACHE, StageForwarder, load_batch
 from wconv.tools.executors.local import exit_reason
 from wconv.cli import cli
 from wconv.tools.job_memory import estimate_memory

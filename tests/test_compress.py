@@ -4,7 +4,6 @@ against uniform palettes, `wconv compress` == `wconv run --compress`, WhisperKit
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner

@@ -13,12 +13,10 @@ import whisper
 import whisper.model
 from coremltools.converters.mil.frontend.milproto import load as milproto_load
 
-from wconv.conversion import defaults
-from wconv.layouts.coreml import CoreMLLayout
 from wconv.conversion.steps import build_decoder
 from wconv.runtime.decoding import channels_first, decoder_steps, get_tokenizer, suppressed_tokens, transcribe_tokens
 from wconv.runtime.evaluator import MLProgramEvaluator
-from wconv.job import ArtifactKind, Job, LoadedModel
+from wconv.job import ArtifactKind, LoadedModel
 from wconv.tools.random_checkpoints import random_state_dict, real_dims
 from wconv.runtime.audio import read_wav
 from wconv.verify.metrics import compare

@@ -5,9 +5,7 @@ import shutil
 from collections import Counter
 
 import coremltools as ct
-import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from coremltools.converters.mil.frontend.milproto import load as milproto_load
 

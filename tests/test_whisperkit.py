@@ -9,7 +9,6 @@ from collections import Counter
 import coremltools as ct
 import numpy as np
 import pytest
-import torch
 import whisper
 from click.testing import CliRunner
 from coremltools.converters.mil.mil import types

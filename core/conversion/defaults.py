@@ -8,7 +8,6 @@ postprocess: metadata and IO descriptions.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 

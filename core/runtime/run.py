@@ -68,7 +68,7 @@ class WindowEncoder:
 
     def __init__(self, samples: np.ndarray, encoder_path: Path, encoder: Artifact, mel_model: Path | None, n_mels: int,
                  method: str | None = None):
-        self.method = method or platform_methods()[0]
+        self.method = method or platform_methods(encoder_path)[0]
         self.samples, self.artifact, self.paths, self.n_mels = samples, encoder, (encoder_path, mel_model), n_mels
         self.encoder = self.mel_model = self.log_mel = None  # loaded by the first window
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..job import LoadedModel
-from ..runtime.audio import bundled_speech, host_log_mel, is_audio_file, log_mel_of, read_wav
+from ..runtime.audio import bundled_speech, is_audio_file, log_mel_of, read_wav
 
 
 def reference_input(n_mels: int, frames: int, given: Path | None) -> tuple[np.ndarray, str]:

@@ -3,7 +3,6 @@ local ``.pt`` checkpoint in openai's format (a dict with ``dims`` and ``model_st
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import wconv
 
