@@ -50,9 +50,10 @@ def openai_base_model(ct2_base):
     return model.eval()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """A real local Ray cluster (2 CPUs, 12 GiB of memory to hand out, no dashboard), started once per session; skips without Ray."""
+    """A real local Ray cluster (2 CPUs, 12 GiB of memory to hand out, no dashboard), started once per module and shut
+    down after it (so a later module sees no cluster on this machine); skips without Ray."""
     ray = pytest.importorskip("ray", reason='the Ray executor needs Ray: pip install -e ".[ray]"')
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _memory=12 * 2**30)  # memory: a fixed figure, not what is free now
     yield ray

@@ -1,11 +1,8 @@
 """`wconv batch` (one process per job, resume, isolated failures; local and on a real local Ray cluster) and the Python API `wconv.convert`."""
 
 import json
-import os
 import subprocess
 import sys
-import tempfile
-from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -285,31 +282,6 @@ def test_dry_run_prints_the_memory_each_job_needs_from_its_dims(project):
     assert 1 / 1.5 <= rows[2]["memory_gib"] / peaks["large-v3"] <= 1.5
     assert 1 / 1.5 <= rows[1]["memory_gib"] / peaks["tiny"] <= 1.5
     assert not (project / "models").exists()
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of running processes that contain ``text``."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with suppress(OSError):
-            if text in (line := cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")):
-                found.append(line)
-    return found
-
-
-def test_with_no_cluster_running_a_local_one_is_started_for_the_batch_and_shut_down(project):
-    pytest.importorskip("ray", reason='the Ray executor needs Ray: pip install -e ".[ray]"')
-    manifest = project / "own-cluster.toml"
-    manifest.write_text('executor = "ray"\noutput = "own-cluster"\n[[job]]\nmodel = "checkpoints/missing.pt"\nname = "tiny"\n')  # the name gives its dims
-    with tempfile.TemporaryDirectory(prefix="wr", dir="/tmp") as tmp:  # Ray's sockets live here: a short path
-        environment = {**os.environ, "TMPDIR": tmp}  # hides any other cluster of this machine (its address file is in TMPDIR)
-        environment.pop("RAY_ADDRESS", None)
-        result = subprocess.run([Path(sys.executable).with_name("wconv"), "batch", manifest, "--json"],
-                                capture_output=True, text=True, env=environment, timeout=600)
-        assert result.returncode == 1, result.stderr
-        assert json.loads(result.stdout)["error"].startswith("checkpoint checkpoints/missing.pt does not exist")
-        assert "(started for this batch): 1 node" in " ".join(result.stderr.split())
-        assert processes_mentioning(tmp) == []  # raylet, GCS and workers are gone
 
 
 def test_an_address_where_no_cluster_answers_is_one_line_exit_2(project):

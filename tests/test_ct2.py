@@ -236,7 +236,7 @@ def test_sample_dir_is_rebuilt_when_incomplete_and_reused_when_complete(sample_d
     from wconv.tools import sample_weights as sample
 
     monkeypatch.setenv("WCONV_CACHE_DIR", str(tmp_path))
-    stale = tmp_path / "sample" / "whisper-base-ct2" / "model.bin"
+    stale = tmp_path / "sample" / "models--openai--whisper-base" / "snapshots" / "whisper-base-ct2" / "model.bin"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"an interrupted copy")
     assembled = sample.sample_model_dir()
