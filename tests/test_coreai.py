@@ -1,7 +1,8 @@
 """--layout coreai: Core AI assets converted from the shared ANE modules and run on coreai-core's bundled runtime.
 
 The runtime is slow on CPU (measured under load here: base encoder 43 s per call, a cache-io step 3.6 s), so each
-model is converted once per module and the base weights transcribe two clips in fp32, the smallest proof of the chain.
+model is converted once per module and the base weights transcribe one clip in fp32, the smallest proof of the chain
+(CI's 30 minutes).
 """
 
 import importlib.util
@@ -91,8 +92,7 @@ def base_fp32(sample_dir, tmp_path_factory):
 
 
 @needs_coreai
-@pytest.mark.parametrize("clip", [0, 1])
-def test_base_transcribes_the_clips_exactly_as_openai_whisper_fp32(base_fp32, speech_clips, openai_base_model, clip):
+def test_base_transcribes_a_clip_exactly_as_openai_whisper_fp32(base_fp32, speech_clips, openai_base_model):
     import torch
 
     from wconv.runtime.audio import host_log_mel, read_wav
@@ -100,7 +100,7 @@ def test_base_transcribes_the_clips_exactly_as_openai_whisper_fp32(base_fp32, sp
     from wconv.tools.transcribe import transcribe
 
     with torch.no_grad():
-        features = openai_base_model.encoder(torch.from_numpy(host_log_mel(read_wav(speech_clips[clip]), 80))).numpy()
-    result = transcribe(base_fp32.manifest_path, speech_clips[clip], "en")
+        features = openai_base_model.encoder(torch.from_numpy(host_log_mel(read_wav(speech_clips[0]), 80))).numpy()
+    result = transcribe(base_fp32.manifest_path, speech_clips[0], "en")
     assert text_tokens(result["tokens"]) == reference_tokens(openai_base_model, features, "en")
     assert result["encoder"] == "coreai-runtime" and result["decoder"] == "cache-io coreai-runtime"

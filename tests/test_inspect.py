@@ -2,6 +2,7 @@
 program, whisper.cpp's fp32 encoder and compressed packages; the lint summary in every manifest."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,9 +20,9 @@ RULES_OF_HOSTILE_OPS = {"fp32_mul": "fp32", "rank5_mul": "rank>4", "wide_relu": 
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """Random weights with tiny's widths and 2 layers (of 4) converted twice: whisper.cpp's files with a stateful
-    decoder, and WhisperKit's folder (the cache-io decoder)."""
+def converted(tmp_path_factory, base_whisperkit):
+    """Random weights with tiny's widths and 2 layers (of 4) as whisper.cpp's files with a stateful decoder, and the
+    session's WhisperKit folder of the real base weights (the cache-io decoder)."""
     import dataclasses
 
     import torch
@@ -33,7 +34,8 @@ def converted(tmp_path_factory):
     checkpoint = root / "narrow.pt"
     torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": random_state_dict(dims)}, checkpoint)
     whispercpp = wconv.convert(checkpoint, "openai", root / "whispercpp", decoder="stateful", verify=False)
-    whisperkit = wconv.convert(checkpoint, "openai", root / "whisperkit", layout="whisperkit", verify=False)
+    manifest_path = base_whisperkit[1] / "base.manifest.json"
+    whisperkit = SimpleNamespace(manifest_path=manifest_path, manifest=json.loads(manifest_path.read_text()))
     return {"whispercpp": whispercpp, "whisperkit": whisperkit, "root": root}
 
 
@@ -74,12 +76,12 @@ def test_contents_of_a_whisperkit_folder_as_json_lines(converted):
     for key in ("ops", "io", "min_target", "fits", "weights", "ane", "memory", "first_load", "compute_plan"):
         assert key in decoder
     assert decoder["min_target"] == "iOS16 / macOS13"
-    assert [(f["name"], f["shape"], f["dtype"]) for f in decoder["io"]["inputs"]][2] == ("key_cache", [1, 768, 1, 448], "float16")
+    assert [(f["name"], f["shape"], f["dtype"]) for f in decoder["io"]["inputs"]][2] == ("key_cache", [1, 3072, 1, 448], "float16")  # base: 6 layers x 512
     assert decoder["weights"]["by_storage"].keys() == {"fp16"} and decoder["weights"]["bits_per_weight"] == 16.0
     assert decoder["weights"]["by_layer"]["decoder.blocks.1"] > 0
-    assert decoder["memory"]["kv_cache_bytes"] == 2 * 768 * 448 * 2
-    assert decoder["op_census"]["einsum"] == 48 and decoder["ops"] == sum(decoder["op_census"].values())
-    assert decoder["first_load"]["attention_softmax_ops"] == 2 * 2 * 6  # self and cross attention, 2 layers, 6 heads
+    assert decoder["memory"]["kv_cache_bytes"] == 2 * 3072 * 448 * 2
+    assert decoder["op_census"]["einsum"] == 6 * 2 * 2 * 8 and decoder["ops"] == sum(decoder["op_census"].values())
+    assert decoder["first_load"]["attention_softmax_ops"] == 2 * 6 * 8  # self and cross attention, 6 layers, 8 heads
     assert decoder["compute_plan"]["available"] == (unavailable_reason() is None)
     encoder = reports["AudioEncoder.mlpackage"]
     assert encoder["memory"]["resident_bytes"] > encoder["weights"]["bytes"] > 0.9 * encoder["size_bytes"]

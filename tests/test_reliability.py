@@ -250,6 +250,7 @@ def test_the_python_api_keeps_libraries_quiet(capsys, caplog):
 
     from wconv.console import libraries_quiet
 
+    caplog.set_level(logging.WARNING, logger="coremltools")  # as in a fresh process: the CLI tests of this session quiet it for good
     with libraries_quiet():
         list(tqdm(range(3), desc="bar", file=sys.stderr))
         logging.getLogger("coremltools.models.model").warning("Failed to load _MLModelProxy")
