@@ -55,8 +55,8 @@ def call_stage(stage: str, caller, **kwargs):
     return result
 
 
-REQUIRED_STAGES = ("load", "trace", "convert")
-UNCOMPRESSED = ".uncompressed"  # staging subfolder of the models as converted, before the compress stage  # firstresult stages that must give a result (reuse and compress may decline)
+REQUIRED_STAGES = ("load", "trace", "convert")  # firstresult stages that must give a result (reuse and compress may decline)
+UNCOMPRESSED = ".uncompressed"  # staging subfolder of the models as converted, before the compress stage
 
 
 def load(job: Job, pm: pluggy.PluginManager, stage) -> LoadedModel:
