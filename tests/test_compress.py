@@ -11,7 +11,6 @@ from click.testing import CliRunner
 import wconv
 from wconv.cli import cli
 from wconv.compress.apply import op_census
-from wconv.console import StageReporter
 from wconv.job import ArtifactKind
 from wconv.layouts.whisperkit import WhisperKitLayout
 from wconv.manifest import read_manifest
@@ -188,14 +187,6 @@ def test_a_spec_needing_ios18_raises_the_target_with_a_note(tiny, tmp_path):
     # 2 audio convs + 4 blocks x 6: all but conv1, whose 80 mel channels are no multiple of int4's block of 32
     assert op_census(result.paths[0])["constexpr_blockwise_shift_scale"] == 25
     assert any("raised" in note and "iOS18" in note for note in result.notes)
-
-
-def test_a_4bit_palettized_stateful_decoder_warns_about_coremltools_2716(tiny, tmp_path, capsys):
-    result = wconv.convert(tiny, output=tmp_path, layout="coreml", decoder="stateful", compress="palette4", verify=False,
-                           reporter=StageReporter())
-    assert "coremltools#2716" in capsys.readouterr().err
-    decoder = {entry["file"]: entry for entry in result.manifest["artifacts"]}["tiny-decoder-stateful.mlpackage"]
-    assert "coremltools#2716" in decoder["compression"]["warning"]
 
 
 @pytest.mark.parametrize("args, named", [

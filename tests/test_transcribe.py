@@ -105,7 +105,7 @@ def test_long_audio_through_whispercpps_encoder_and_the_host_decoder_is_openai_w
     assert [segment["text"] for segment in transcript["segments"]] == [text for _, _, text in segments_of(reference)]
 
 
-@pytest.mark.parametrize("variant, prompted", [("pytorch", False), ("cache-io", True)])  # stateful: test_decoder's transcripts
+@pytest.mark.parametrize("variant, prompted", [("pytorch", False)])  # with the prompt: the CLI test above; Core ML decoders: test_decoder, test_whisperkit
 def test_every_decoders_host_loop_gives_openai_whispers_segments_window_by_window(base_model, openai_base_model, long_clip,
                                                                                   openai_long, variant, prompted):
     """The long-form loop is one function for every target: fed openai-whisper's encoder, each decoder's host loop
