@@ -15,11 +15,11 @@ from .compress.report import compression_entry
 from .console import StageReporter
 from .errors import ConversionError, InputError, StageError, VerificationError, WconvError
 from .files import link_tree, publish, refuse_to_overwrite, remove_stale, staging_dir
-from .inspection.report import lint_summary
+from .inspection.report import manifest_facts
 from .job import Artifact, ArtifactKind, Check, Job, LoadedModel
 from .layouts import select_layout
 from .manager import FamilyHooks, family_names, get_plugin_manager, resolve_family
-from .manifest import build_manifest, describe_io, listed_files, manifest_filename, write_manifest
+from .manifest import build_manifest, listed_files, manifest_filename, write_manifest
 from .runtime.reference import check_weights
 
 
@@ -106,8 +106,7 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
                 reporter.run(f"reuse {what} from {reuse.parent}", link_tree, source=Path(reuse.path), target=work / what)
                 link_tree(work / what, before / what)
                 reused[what] = reuse.to_dict()
-                described.append({"file": what, "kind": artifact.kind.value, "reused_from": str(reuse.path), **describe_io(work / what),
-                                  "ane_lint": lint_summary(work / what)})
+                described.append({"file": what, "kind": artifact.kind.value, "reused_from": str(reuse.path), **manifest_facts(work / what)})
                 continue
             traced = stage("trace", f"trace {what}", hooks.wconv_trace, model=model, artifact=artifact, job=job)
             mlmodel = stage("convert", f"convert {what}", hooks.wconv_convert, traced=traced, model=model, artifact=artifact, job=job)
@@ -123,7 +122,7 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
             gc.collect()
             if not was_compressed:
                 link_tree(work / what, before / what)
-            entry = {"file": what, "kind": artifact.kind.value, **describe_io(work / what), "ane_lint": lint_summary(work / what)}
+            entry = {"file": what, "kind": artifact.kind.value, **manifest_facts(work / what)}
             artifact_checks, uncompressed_checks = [], []
             if job.verify:
                 artifact_checks = flatten_checks(stage("verify", f"verify {what}", hooks.wconv_verify, path=work / what, model=model, artifact=artifact, job=job))

@@ -19,6 +19,11 @@ MB = 1e6
 PARTS = ("weights_bytes", "activations_bytes", "io_bytes", "state_bytes")  # what resident_bytes adds up
 
 
+def manifest_facts(path: Path) -> dict:
+    """What a manifest entry records of a saved artifact: its IO (:func:`describe_io`) and its ANE lint summary."""
+    return {**describe_io(path), "ane_lint": lint_summary(path)}
+
+
 def lint_summary(package: Path) -> dict | None:
     """The ANE lint's counts for a saved package (the manifest's ``ane_lint``); None when it holds no ML program
     (a plugin's neural network, say)."""

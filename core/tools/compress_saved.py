@@ -18,10 +18,10 @@ from ..compress.specs import parse_spec
 from ..console import StageReporter
 from ..errors import InputError, VerificationError
 from ..files import link_tree, publish, refuse_to_overwrite, staging_dir
-from ..inspection.report import lint_summary
+from ..inspection.report import manifest_facts
 from ..job import Artifact, ArtifactKind, Check, Job, target_rank
 from ..manager import FamilyHooks, get_plugin_manager
-from ..manifest import describe_io, manifest_filename, verify_input_name, with_target, write_manifest
+from ..manifest import manifest_filename, verify_input_name, with_target, write_manifest
 from ..pipeline import Result, call_stage, flatten_checks, save_model
 from ..sources import load_source
 from ..verify.saved import manifest_entry_for
@@ -97,7 +97,7 @@ def compress_saved(packages: list[Path], compress: str, output: Path | None = No
                 f"verify {path.name} uncompressed", call_stage, stage="verify", caller=hooks.wconv_verify, path=path,
                 model=model, artifact=artifact, job=job))
             record = compression_entry(work / path.name, path, after, before)
-            entries[path.name] = with_target({**entry, **describe_io(work / path.name), "ane_lint": lint_summary(work / path.name),
+            entries[path.name] = with_target({**entry, **manifest_facts(work / path.name),
                                               "compression": record}, job.min_target)
             new_checks.extend(after)
         result_manifest = {key: value for key, value in manifest.items() if key != "_path"}
