@@ -1,8 +1,11 @@
 """What the conversion speed-ups must not change: the saved encoder (byte for byte without coremltools'
-idle passes), the fp32 reference (bit for bit when it runs block by block) and the checkpoint's values
-(read memory-mapped)."""
+idle passes; op for op and output for output when traced in fp16), the fp32 reference (bit for bit when
+it runs block by block) and the checkpoint's values (read memory-mapped)."""
+
+from collections import Counter
 
 import coremltools as ct
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -13,6 +16,7 @@ from wconv.conversion import defaults
 from wconv.job import Job
 from wconv.layouts.contracts import whispercpp_encoder, whisperkit_encoder
 from wconv.plugins.openai_whisper.checkpoint import load_checkpoint
+from wconv.runtime.evaluator import MLProgramEvaluator
 from wconv.runtime.reference import LazyEncoder, whisper_model
 from wconv.tools.random_checkpoints import write_random_checkpoint
 
@@ -44,6 +48,32 @@ def test_idle_passes_change_no_byte_of_the_saved_encoder(tiny, tmp_path, monkeyp
     assert {"model.mlmodel", "weight.bin"} <= set(lean)
     assert lean == full
     assert len(defaults.encoder_pass_pipeline().passes) > len(defaults.IDLE_ENCODER_PASSES)
+
+
+def program_facts(mlmodel, path, inputs: dict):
+    """(op census, IO dtypes, outputs in wconv's evaluator) of a converted model, saved at ``path``."""
+    mlmodel.save(str(path))
+    spec = mlmodel.get_spec()
+    census = Counter(op.type for function in spec.mlProgram.functions.values()
+                     for block in function.block_specializations.values() for op in block.operations)
+    io = [(f.name, f.type.multiArrayType.dataType) for f in [*spec.description.input, *spec.description.output]]
+    return census, io, MLProgramEvaluator.load(path).predict(inputs)
+
+
+@pytest.mark.parametrize("contract", [whispercpp_encoder, whisperkit_encoder], ids=["whispercpp", "whisperkit"])
+def test_fp16_traced_encoder_is_the_fp32_traced_one_cast_by_coremltools(tiny, tmp_path, monkeypatch, contract):
+    _, model = tiny
+    artifact = contract(model)
+    job = Job(source="tiny.pt", output=tmp_path)
+    traced = defaults.wconv_trace(model, artifact)
+    assert not defaults.has_fp32_weights(traced)  # no fp32 copy of the weights anywhere
+    spec = artifact.inputs[0]
+    inputs = {spec["name"]: np.random.default_rng(0).standard_normal(spec["shape"]).astype(spec["dtype"])}
+    fp16 = program_facts(defaults.wconv_convert(traced, artifact, job), tmp_path / "fp16.mlpackage", inputs)
+    monkeypatch.setattr(defaults, "traced_dtype", lambda artifact: torch.float32)
+    cast = program_facts(defaults.wconv_convert(defaults.wconv_trace(model, artifact), artifact, job), tmp_path / "cast.mlpackage", inputs)
+    assert fp16[:2] == cast[:2]
+    assert fp16[2].keys() == cast[2].keys() and all(np.array_equal(fp16[2][name], cast[2][name]) for name in fp16[2])
 
 
 def test_block_by_block_reference_equals_the_whole_fp32_encoder(tiny):

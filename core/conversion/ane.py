@@ -45,8 +45,9 @@ class ChannelLayerNorm(nn.Module):
         mean = x.mean(dim=1, keepdim=True)
         centered = x - mean
         variance = (centered * centered).mean(dim=1, keepdim=True)
-        normalized = centered * torch.rsqrt(variance + self.eps)
-        return normalized * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        normalized = centered * torch.rsqrt(variance + torch.tensor(self.eps, dtype=x.dtype))
+        no_mean, unit_variance = torch.zeros_like(self.weight), torch.ones_like(self.weight)  # x̂ is normalised already
+        return F.batch_norm(normalized, no_mean, unit_variance, self.weight, self.bias, training=False, eps=0.0)
 
 
 def split_head_attention(q, k, v, n_head: int, mask: torch.Tensor | None = None):
@@ -56,7 +57,7 @@ def split_head_attention(q, k, v, n_head: int, mask: torch.Tensor | None = None)
     Returns the attended values and the list of each head's weights ``(B, S_k, 1, S_q)``.
     """
     head_dim = q.shape[1] // n_head
-    q = q * head_dim**-0.5
+    q = q * torch.tensor(head_dim**-0.5, dtype=q.dtype)
     heads, head_weights = [], []
     for q_h, k_h, v_h in zip(q.split(head_dim, 1), k.split(head_dim, 1), v.split(head_dim, 1)):
         scores = torch.einsum("bchq,bkhc->bkhq", q_h, k_h.transpose(1, 3))
@@ -142,6 +143,7 @@ class AudioEncoder(nn.Module):
         self.ln_post = ChannelLayerNorm(n_state)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        mel = mel.to(self.conv1.weight.dtype)  # the declared input dtype may be wider than the weights
         x = F.gelu(self.conv1(mel.unsqueeze(2) if mel.dim() == 3 else mel))
         x = F.gelu(self.conv2(x))
         positions = self.positional_embedding[: x.shape[-1]].transpose(0, 1)
@@ -253,11 +255,13 @@ class TextDecoder(nn.Module):
         return self.token_embedding.logits(self.ln(x)), cross_weights
 
 
-def load_canonical(module: nn.Module, state_dict: dict, prefix: str) -> nn.Module:
-    """Copy canonical (openai-named) weights under ``prefix`` into an ANE module, strictly.
+def load_canonical(module: nn.Module, state_dict: dict, prefix: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Put canonical (openai-named) weights under ``prefix`` into an ANE module as ``dtype``, strictly.
 
     2-D linear weights become 1x1 conv kernels, 3-D conv kernels gain a unit height; everything
-    else must match exactly. A missing or surplus tensor is a :class:`ConversionError`.
+    else must match exactly. Tensors already in ``dtype`` are used in place, not copied (the module
+    may be built on the meta device). A missing or surplus tensor, or one that ``dtype`` cannot
+    hold, is a :class:`ConversionError`.
     """
     wanted = module.state_dict()
     supplied = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
@@ -272,12 +276,16 @@ def load_canonical(module: nn.Module, state_dict: dict, prefix: str) -> nn.Modul
         tensor = torch.as_tensor(supplied[name])
         if tensor.numel() != target.numel():
             raise ConversionError(f"tensor {prefix}{name} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
-        shaped[name] = tensor.reshape(target.shape).to(target.dtype)
-    module.load_state_dict(shaped, strict=True)
+        shaped[name] = tensor.reshape(target.shape).to(dtype)
+        narrowed = shaped[name].dtype.itemsize < tensor.dtype.itemsize
+        if narrowed and not shaped[name].isfinite().all() and tensor.isfinite().all():
+            raise ConversionError(f"tensor {prefix}{name} has values beyond the range of {dtype}, the converted model's weights")
+    module.load_state_dict(shaped, strict=True, assign=True)
     return module
 
 
-def build_encoder(dims, state_dict: dict, channels_first_output: bool = False) -> AudioEncoder:
-    """The ANE audio encoder in fp32 eval mode, loaded from a canonical state dict."""
-    encoder = AudioEncoder(dims, channels_first_output)
-    return load_canonical(encoder, state_dict, "encoder.").eval()
+def build_encoder(dims, state_dict: dict, channels_first_output: bool = False, dtype: torch.dtype = torch.float32) -> AudioEncoder:
+    """The ANE audio encoder in eval mode, its weights those of a canonical state dict as ``dtype``."""
+    with torch.device("meta"):
+        encoder = AudioEncoder(dims, channels_first_output)
+    return load_canonical(encoder, state_dict, "encoder.", dtype).eval()

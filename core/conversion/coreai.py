@@ -38,7 +38,7 @@ def export_program(model, artifact: Artifact):
     import torch
 
     dtype = float_dtype(artifact)
-    module = build_module(model, artifact).to(dtype)
+    module = build_module(model, artifact, dtype)
     inputs = tuple(t.to(dtype) if t.is_floating_point() else t for t in example_inputs(artifact))
     with torch.no_grad():
         exported = torch.export.export(module, inputs, dynamic_shapes=dynamic_shapes(artifact))

@@ -58,17 +58,39 @@ IDLE_ENCODER_PASSES = tuple(f"common::{name}" for name in (
 
 
 MODULE_BUILDERS = {
-    ArtifactKind.MEL_SPECTROGRAM: lambda model, artifact: ane.LogMelSpectrogram(model.dims.n_mels).eval(),
-    ArtifactKind.ENCODER: lambda model, artifact: ane.build_encoder(model.dims, model.state_dict, channels_first_output=artifact.channels_first),
-    **{kind: lambda model, artifact: steps.build_decoder(artifact.kind, model.dims, model.state_dict, model.alignment_heads,
-                                                          artifact.options.get("text_context"))
+    ArtifactKind.MEL_SPECTROGRAM: lambda model, artifact, dtype: ane.LogMelSpectrogram(model.dims.n_mels).to(dtype).eval(),
+    ArtifactKind.ENCODER: lambda model, artifact, dtype: ane.build_encoder(model.dims, model.state_dict, artifact.channels_first, dtype),
+    **{kind: lambda model, artifact, dtype: steps.build_decoder(artifact.kind, model.dims, model.state_dict, model.alignment_heads,
+                                                                 artifact.options.get("text_context"), dtype)
        for kind in steps.STEP_MODULES},
 }
 
 
-def build_module(model: LoadedModel, artifact: Artifact):
-    """The fp32 ANE PyTorch module for an artifact kind, loaded with the model's weights."""
-    return MODULE_BUILDERS[artifact.kind](model, artifact)
+def build_module(model: LoadedModel, artifact: Artifact, dtype=None):
+    """The ANE PyTorch module for an artifact kind with the model's weights, in ``dtype`` (default fp32)."""
+    import torch
+
+    return MODULE_BUILDERS[artifact.kind](model, artifact, dtype or torch.float32)
+
+
+def traced_dtype(artifact: Artifact):
+    """The dtype an artifact's module is exported in for Core ML: fp16 for encoders computing in fp16.
+
+    coremltools then converts weights that are fp16 already (no fp32 copy of them, no fp16 cast
+    pass), into the same program. The decoders' step graphs stay fp32 and are cast by coremltools.
+    """
+    import torch
+
+    fp16 = artifact.kind is ArtifactKind.ENCODER and artifact.options.get("compute_precision", "float16") == "float16"
+    return torch.float16 if fp16 else torch.float32
+
+
+def has_fp32_weights(exported) -> bool:
+    """Whether an exported program holds fp32 tensors (for coremltools' fp16 cast pass)."""
+    import torch
+
+    tensors = [*exported.state_dict.values(), *exported.constants.values()]
+    return any(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in tensors)
 
 
 def example_inputs(artifact: Artifact) -> tuple:
@@ -104,7 +126,7 @@ def dynamic_shapes(artifact: Artifact):
 def wconv_trace(model, artifact):
     import torch
 
-    module = build_module(model, artifact)
+    module = build_module(model, artifact, traced_dtype(artifact))
     with torch.no_grad():
         exported = torch.export.export(module, example_inputs(artifact), dynamic_shapes=dynamic_shapes(artifact))
         return exported.run_decompositions({})
@@ -135,6 +157,7 @@ def wconv_convert(traced, artifact, job):
     target = getattr(ct.target, artifact_target(artifact, job))
     states = [ct.StateType(wrapped_type=ct.TensorType(shape=spec["shape"], dtype=NUMPY_DTYPES[spec["dtype"]]), name=spec["name"])
               for spec in artifact.options.get("states", [])]
+    compute_precision = artifact.options.get("compute_precision", "float16") if has_fp32_weights(traced) else "float32"  # fp16 already
     return ct.convert(
         traced,
         convert_to="mlprogram",
@@ -142,7 +165,7 @@ def wconv_convert(traced, artifact, job):
         outputs=[ct.TensorType(name=spec["name"], dtype=np.float32 if spec["dtype"] == "float32" else np.float16)
                  for spec in artifact.outputs],
         states=states or None,
-        compute_precision=getattr(ct.precision, artifact.options.get("compute_precision", "float16").upper()),
+        compute_precision=getattr(ct.precision, compute_precision.upper()),
         minimum_deployment_target=target,
         pass_pipeline=encoder_pass_pipeline() if artifact.kind is ArtifactKind.ENCODER else None,
         skip_model_load=True,

@@ -119,11 +119,12 @@ STEP_MODULES = {
 }
 
 
-def build_decoder(kind: ArtifactKind | str, dims, state_dict: dict, alignment_heads=None, text_context: int | None = None) -> nn.Module:
-    """The fp32 decoding-step module of a decoder artifact kind, loaded from a canonical state dict.
+def build_decoder(kind: ArtifactKind | str, dims, state_dict: dict, alignment_heads=None, text_context: int | None = None,
+                  dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The decoding-step module of a decoder artifact kind in ``dtype``, loaded from a canonical state dict.
 
     ``text_context`` is the length of the self-attention cache (default the model's ``n_text_ctx``);
     the cache-io module takes it from its inputs' shapes."""
     module = STEP_MODULES[ArtifactKind(kind)](dims, alignment_heads, text_context)
-    load_canonical(module.decoder, state_dict, "decoder.")
-    return module.eval()
+    load_canonical(module.decoder, state_dict, "decoder.", dtype)
+    return module.to(dtype).eval()

@@ -102,7 +102,7 @@ def write_ggml(path, dims, state_dict, vocab: list[bytes], ggml_type: str = "f16
         with open(temporary, "xb") as out:
             out.write(_header_bytes(dims, ggml_type, vocab))
             for name, shape, storage in plan:
-                values = _as_float32(state_dict[name], name, shape)
+                values = _as_array(state_dict[name], name, shape)
                 out.write(_tensor_header_bytes(name, shape, storage))
                 out.write(quantize_blocks(values, storage))
         os.replace(temporary, path)
@@ -209,11 +209,17 @@ def _tensor_header_bytes(name: str, shape: tuple[int, ...], storage: str) -> byt
     return struct.pack(f"<3i{len(shape)}i", len(shape), len(encoded), TYPE_IDS[storage], *reversed(shape)) + encoded
 
 
-def _as_float32(value, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The tensor as a float32 array of ``shape``; size-1 axes may differ (conv biases come as ``[n]``)."""
+def _as_array(value, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The tensor as a float array of ``shape`` (fp16 and fp32 kept as they are, other types as fp32); size-1
+    axes may differ (conv biases come as ``[n]``)."""
     if hasattr(value, "detach"):
-        value = value.detach().cpu().float().numpy()
-    array = np.asarray(value, dtype=np.float32)
+        import torch
+
+        value = value.detach().cpu()
+        value = (value if value.dtype in (torch.float16, torch.float32) else value.float()).numpy()
+    array = np.asarray(value)
+    if array.dtype not in (np.float16, np.float32):
+        array = array.astype(np.float32)
     if array.shape != shape:
         if [n for n in array.shape if n != 1] != [n for n in shape if n != 1]:
             raise InputError(f"tensor {name} has shape {list(array.shape)}, whisper.cpp expects {list(shape)}")
@@ -226,9 +232,9 @@ def quantize_blocks(values, ggml_type: str) -> bytes:
 
     Quantized types need rows that are a multiple of 32 values; f16 and f32 take any shape.
     """
+    if ggml_type in _FLOAT_DTYPES:  # an fp16 tensor goes into f16 as it is, with no fp32 round trip
+        return np.ascontiguousarray(values, dtype=_FLOAT_DTYPES[ggml_type]).tobytes()
     values = np.ascontiguousarray(values, dtype=np.float32)
-    if ggml_type in _FLOAT_DTYPES:
-        return values.astype(_FLOAT_DTYPES[ggml_type]).tobytes()
     if ggml_type not in _BLOCK_DTYPES:
         raise ValueError(f"unknown ggml type '{ggml_type}'")
     if values.ndim == 0 or values.shape[-1] % BLOCK_SIZE:
