@@ -35,8 +35,8 @@ IO_DESCRIPTIONS = {
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32}
 
 # Passes of coremltools' default MIL pipeline that change nothing in wconv's encoder programs (measured
-# pass by pass with coremltools 9.0 on whisper.cpp's encoder, with and without enumerated lengths; WhisperKit's
-# fp16 output needs update_output_dtypes, enumerated lengths need reduce_transposes). Each pass costs its time
+# pass by pass with coremltools 9.0 on the fp16-traced encoders of whisper.cpp, of WhisperKit and with
+# enumerated lengths; update_output_dtypes and cast_optimization do change one of them). Each pass costs its time
 # and a validation of the whole program after it; without them the encoder converts into the same bytes
 # (tests/test_lean_conversion.py compares the saved packages of both layouts and of enumerated lengths).
 IDLE_ENCODER_PASSES = tuple(f"common::{name}" for name in (
@@ -45,13 +45,14 @@ IDLE_ENCODER_PASSES = tuple(f"common::{name}" for name in (
     "dequantize_quantize_pair_elimination", "dequantize_to_constexpr", "detect_concat_interleave",
     "distributive_quantized_binary_op_scale_normalization", "divide_to_multiply", "expand_dynamic_linear",
     "expand_high_rank_reshape_and_transpose", "fuse_conv_batchnorm", "fuse_conv_bias", "fuse_dilated_conv",
-    "fuse_gelu_exact", "fuse_gelu_tanh_approximation", "fuse_leaky_relu", "fuse_linear_bias",
-    "fuse_matmul_weight_bias", "fuse_onehot_matmul_to_gather", "fuse_pad_conv", "fuse_prelu", "fuse_reduce_mean",
-    "fuse_squeeze_expand_dims", "fuse_stack_split", "fuse_transpose_matmul", "guard_negative_gather_indices",
-    "image_input_preprocess", "int_op_canonicalization", "loop_invariant_elimination", "lower_complex_dialect_ops",
-    "merge_affine_dequantize_with_consecutive_ops", "merge_consecutive_paddings", "merge_consecutive_relus",
-    "merge_consecutive_reshapes", "merge_consecutive_transposes", "nullify_redundant_quantization_zero_point",
-    "prefer_state_in_downstream", "prelu_to_lrelu", "rank0_expand_dims_swap",
+    "fuse_elementwise_to_batchnorm", "fuse_gelu_exact", "fuse_gelu_tanh_approximation", "fuse_leaky_relu",
+    "fuse_linear_bias", "fuse_matmul_weight_bias", "fuse_onehot_matmul_to_gather", "fuse_pad_conv",
+    "fuse_prelu", "fuse_reduce_mean", "fuse_squeeze_expand_dims", "fuse_stack_split", "fuse_transpose_matmul",
+    "guard_negative_gather_indices", "image_input_preprocess", "int_op_canonicalization",
+    "loop_invariant_elimination", "lower_complex_dialect_ops", "merge_affine_dequantize_with_consecutive_ops",
+    "merge_consecutive_paddings", "merge_consecutive_relus", "merge_consecutive_reshapes",
+    "merge_consecutive_transposes", "noop_elimination", "nullify_redundant_quantization_zero_point",
+    "prefer_state_in_downstream", "prelu_to_lrelu", "rank0_expand_dims_swap", "reduce_transposes",
     "remove_redundant_ops", "remove_symbolic_reshape", "replace_stack_reshape", "sanitize_input_output_names",
     "select_optimization", "use_reflection_padding"
 ))
