@@ -1,6 +1,7 @@
 """whisper.cpp's ggml files as a source (the `ggml` family): the real base weights written as f16, q8_0 and q5_0
 ggml files convert back to encoders that match openai-whisper on the dequantized weights and transcribe like
-fp32; a distil-shaped ggml pair takes the rename path, proven tensor by tensor; bad files fail in one line."""
+fp32; a small one converts to the stateful decoder and WhisperKit's folder, verified; a distil-shaped ggml pair takes
+the rename path, proven tensor by tensor, also from the parent's compiled .mlmodelc; bad files fail in one line."""
 
 import dataclasses
 import json
