@@ -295,6 +295,7 @@ def test_a_compiled_parent_encoder_is_linked_with_nothing_traced_converted_or_co
         assert {key: entry[key] for key in WHISPER_CPP_ENCODER_IO} == WHISPER_CPP_ENCODER_IO  # read from its metadata.json
         record = manifest["reused"][linked.name]
         assert (record["compiled"], record["verified"], manifest["verify"]) == (True, False, [])
+        assert ("parent_verify" in record) == (proof == "manifest")  # the package it was compiled from, verified then
         assert (manifest["parent_proof"], record.get("trusted", False)) == (proof, proof == "trusted")
         assert (record["parent"], record.get("encoder_tensors_compared", ENCODER_TENSORS)) == ("tiny", ENCODER_TENSORS)
         assert manifest["needs_compile"] is False and "compile_command" not in manifest and result.notes == []
@@ -308,7 +309,13 @@ def test_a_compiled_encoder_with_other_io_or_no_metadata_is_refused(ggml_pair, t
     (other / "metadata.json").write_text(json.dumps(metadata))
     broken = shutil.copytree(other, tmp_path / "broken" / other.name)
     (broken / "metadata.json").unlink()
-    for compiled, message in [(other, "has other inputs or outputs than whisper.cpp's encoder"), (broken, "metadata.json")]:
+    flexible = compiled_like_xcrun(output / "ggml-tiny-encoder.mlpackage", tmp_path / "flexible" / "ggml-tiny-encoder.mlmodelc")
+    metadata = json.loads((flexible / "metadata.json").read_text())
+    metadata[0]["inputSchema"][0].update(hasShapeFlexibility="1", enumeratedShapes="[[1, 80, 1500], [1, 80, 3000]]")
+    (flexible / "metadata.json").write_text(json.dumps(metadata))
+    assert wconv.describe_io(flexible)["inputs"][0]["enumerated_shapes"] == [[1, 80, 1500], [1, 80, 3000]]
+    for compiled, message in [(other, "has other inputs or outputs than whisper.cpp's encoder"), (broken, "metadata.json"),
+                              (flexible, "has other inputs or outputs than whisper.cpp's encoder")]:
         done = invoke("run", "--family", "distil", distils["f16"], "--parent", compiled, "--parent-ggml", parent, "-o", tmp_path / "out")
         error = done.output.splitlines()[-1]  # after the load stage's progress line (the plan says what IO is wanted)
         assert done.exit_code == 2 and error.startswith("Error: ") and "Traceback" not in done.output, done.output
