@@ -351,6 +351,7 @@ def test_the_stateful_decoder_converts_from_a_ggml_file_and_verifies(parent_conv
         "outputs": [("logits", [1, 1, dims.n_vocab], "float16")],
         "states": [(f"{kind}_cache_{layer}", cache, "float16") for layer in range(dims.n_text_layer) for kind in ("key", "value")]}
     assert [entry.get("min_target") for entry in manifest["artifacts"]] == ["iOS16", "iOS18", None]
+    assert manifest["compile_command"] == f"xcrun coremlcompiler compile {output}/ggml-tiny-encoder.mlpackage {output}"  # what whisper.cpp loads
     assert (output / "ggml-tiny.bin").read_bytes() == parent.read_bytes()  # the decoder side, written back byte for byte
     assert_verified_against_the_gate(manifest, ["ggml-tiny-encoder.mlpackage", "tiny-decoder-stateful.mlpackage"])
 
