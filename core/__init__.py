@@ -18,6 +18,7 @@ LAZY = {
     "load_source": "sources",
     "hub_repo_id": "sources",
     "load_torch_file": "sources",
+    "describe_io": "manifest",
     "manifests_in": "manifest",
     "read_manifest": "manifest",
     "dims_from_config": "layouts.hf_config",

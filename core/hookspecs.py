@@ -60,8 +60,9 @@ def wconv_reuse(model: LoadedModel, artifact: Artifact, job: Job) -> Reuse | Non
     """Offer an already converted package to link in place of converting ``artifact``.
 
     Runs once per artifact before trace, on the chosen family and every non-family plugin. Return a
-    :class:`wconv.Reuse` (the package is hard-linked under ``artifact.filename``, and its
-    trace/convert/compress/postprocess stages are skipped) or ``None`` to convert as usual.
+    :class:`wconv.Reuse` (the package is hard-linked under ``artifact.filename``, or the Reuse's own
+    ``filename``: a compiled ``.mlmodelc``, which the layout then does not compile; its
+    trace/convert/compress/postprocess/verify stages are skipped) or ``None`` to convert as usual.
     """
 
 

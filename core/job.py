@@ -136,12 +136,15 @@ class Reuse:
     """An artifact converted earlier that a family links instead of converting it (``wconv_reuse``).
 
     ``path`` is the existing ``.mlpackage``; ``parent`` names the model it was converted from;
-    ``details`` (JSON-serialisable) go into the manifest with them.
+    ``details`` (JSON-serialisable) go into the manifest with them. ``filename`` is the name it takes in the
+    output when not the planned artifact's (a compiled ``.mlmodelc`` in place of the ``.mlpackage``): the layout
+    then has nothing to compile for it.
     """
 
     path: Path
     parent: str
     details: dict[str, Any] = field(default_factory=dict)
+    filename: str | None = None
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "parent": self.parent, **self.details}

@@ -25,11 +25,14 @@ def package_version(package: str) -> str | None:
 
 
 def describe_io(path: Path) -> dict:
-    """Names, shapes and dtypes of a saved .mlpackage's inputs, outputs and states, read from its spec (or a Core AI .aimodel's)."""
+    """Names, shapes and dtypes of a saved .mlpackage's inputs, outputs and states, read from its spec (or a Core AI
+    .aimodel's, or a compiled .mlmodelc's ``metadata.json``)."""
     if Path(path).suffix == ".aimodel":
         from .runtime.coreai import describe_aimodel
 
         return describe_aimodel(path)
+    if Path(path).suffix == ".mlmodelc":
+        return describe_compiled(path)
     import coremltools as ct
 
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
@@ -50,6 +53,32 @@ def describe_io(path: Path) -> dict:
         "states": [feature(f) for f in spec.description.state],
         "specification_version": spec.specificationVersion,
     }
+
+
+def describe_compiled(path: Path) -> dict:
+    """:func:`describe_io` of a compiled ``.mlmodelc``, from the ``metadata.json`` Core ML's compiler writes beside
+    the program: one object whose ``inputSchema``/``outputSchema``/``stateSchema`` entries are Core ML's feature
+    descriptions as strings (``"dataType": "Float32"``, ``"shape": "[1, 80, 3000]"``, ``"enumeratedShapes"`` when
+    ``"hasShapeFlexibility": "1"``)."""
+    metadata_file = Path(path) / "metadata.json"
+
+    def feature(entry: dict) -> dict:
+        described = {"name": entry["name"], "shape": json.loads(entry["shape"]), "dtype": entry["dataType"].lower()}
+        if entry.get("hasShapeFlexibility") == "1" and "enumeratedShapes" in entry:
+            described["enumerated_shapes"] = json.loads(entry["enumeratedShapes"])
+        return described
+
+    try:
+        (metadata,) = json.loads(metadata_file.read_bytes())
+        return {
+            "inputs": [feature(entry) for entry in metadata["inputSchema"]],
+            "outputs": [feature(entry) for entry in metadata["outputSchema"]],
+            "states": [feature(entry) for entry in metadata.get("stateSchema", [])],
+            "specification_version": int(metadata["specificationVersion"]),
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"cannot read the inputs and outputs of {path} from its metadata.json ({type(e).__name__}: {e}): "
+                         "compile the model again with xcrun coremlcompiler, or give its .mlpackage") from e
 
 
 def build_manifest(model: LoadedModel, job: Job, artifacts: list[dict], checks: list[Check], reused: dict[str, dict],

@@ -104,6 +104,9 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
             what = artifact.filename
             reuse = call_stage("reuse", hooks.wconv_reuse, model=model, artifact=artifact, job=job)
             if reuse:
+                if reuse.filename and reuse.filename != what:  # linked under its own kind of file: nothing to compile
+                    names[names.index(what)] = what = reuse.filename
+                    refuse_to_overwrite(job.output / folder, [what], job.force)
                 reporter.run(f"reuse {what} from {reuse.parent}", link_tree, source=Path(reuse.path), target=work / what)
                 link_tree(work / what, before / what)
                 reused[what] = reuse.to_dict()
@@ -141,9 +144,10 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
         described.extend(extra)
         names += [entry["file"] for entry in extra]
         compile_error = None
+        packages = [artifact for artifact in plan if artifact.filename in names]  # those not reused already compiled
         if sys.platform == "darwin":
             try:
-                names += [path.name for path in reporter.run(f"compile for {layout.name}", layout.compile, folder=work, plan=plan)]
+                names += [path.name for path in reporter.run(f"compile for {layout.name}", layout.compile, folder=work, plan=packages)]
             except ConversionError as e:
                 compile_error = str(e)  # the packages stay: they load as they are, and compile later
         if folder and (final := layout.final_folder(model, job, work)) != folder:
@@ -152,7 +156,7 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
             folder = final
         destination = job.output / folder
         needs_compile = sys.platform != "darwin" or compile_error is not None
-        manifest = build_manifest(model, job, described, checks, reused, layout.compile_command(destination, plan) if needs_compile else None)
+        manifest = build_manifest(model, job, described, checks, reused, layout.compile_command(destination, packages) if needs_compile else None)
         write_manifest(work / manifest_name, manifest)
         earlier = set() if folder else listed_files(job.output / manifest_name)  # --force: what the replaced run wrote
         publish(staging, job.output, [folder] if folder else names + [manifest_name])
@@ -160,7 +164,7 @@ def run(job: Job, pm: pluggy.PluginManager | None = None, reporter: StageReporte
 
     result = Result(model=model, paths=[destination / name for name in names], manifest_path=destination / manifest_name,
                     manifest=manifest, checks=checks)
-    hint = layout.mac_hint(destination, plan) if needs_compile else None
+    hint = layout.mac_hint(destination, packages) if needs_compile else None
     if hint:
         result.notes.append(f"{compile_error}; {hint}" if compile_error else hint)
     failed = [check for check in checks if not check.passed]

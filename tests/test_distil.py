@@ -147,21 +147,6 @@ def test_distil_large_v35_with_a_different_encoder_converts_its_own(pair, tmp_pa
     assert "encoder.ln_post.bias" in result.manifest["encoder_differs"]
 
 
-def test_whisperkit_layout_links_the_parents_audio_encoder_when_converted(pair, tmp_path):
-    root, parent_dir, distil_dir, _, _, _ = pair
-    output = tmp_path / "models"
-    pipeline.run(wconv.Job(source=str(parent_dir), family="hf", output=output, verify=False, layout="whisperkit"))
-    job = wconv.Job(source=str(distil_dir), family="distil", output=output, verify=False,
-                    parent=str(parent_dir), layout="whisperkit")
-    _, calls = run_with_recorder(job)
-    assert ("trace", "AudioEncoder.mlpackage") not in calls and ("convert", "AudioEncoder.mlpackage") not in calls
-    assert ("convert", "MelSpectrogram.mlpackage") in calls and ("convert", "TextDecoder.mlpackage") in calls
-    parent_encoder = output / "whisper-parent" / "AudioEncoder.mlpackage"
-    assert weight_bytes(output / "distil-tiny" / "AudioEncoder.mlpackage") == weight_bytes(parent_encoder)
-    manifest = json.loads((output / "distil-tiny" / "distil-tiny.manifest.json").read_text())
-    assert manifest["reused"]["AudioEncoder.mlpackage"]["path"] == str(parent_encoder)
-
-
 def test_whisperkit_layout_without_a_converted_parent_converts_its_own_encoder(pair, tmp_path, monkeypatch):
     """The parent's whisper.cpp encoder (in the pair's output) has other IO: it is not linked, nor is the parent converted."""
     root, parent_dir, distil_dir, output, _, _ = pair

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from ..hookspecs import hookimpl
-from ..job import Artifact, Job, LoadedModel
+from ..job import Artifact, ArtifactKind, Job, LoadedModel
 from .coreml import CoreMLLayout
 from .ggml import _check_writable, ggml_file_name, vocab_from_hf_tokenizer, vocab_from_tiktoken, write_ggml
 from .xcode import compile_command, compile_package
@@ -40,13 +40,23 @@ class WhisperCppLayout(CoreMLLayout):
         return [{"file": path.name, "kind": "ggml", "ggml_type": job.ggml_type}]
 
     def compile(self, folder: Path, plan: list[Artifact]) -> list[Path]:
-        """The encoder compiled to ``.mlmodelc`` beside it, and zipped."""
-        compiled = compile_package(folder / plan[0].filename)
+        """The encoder compiled to ``.mlmodelc`` beside it, and zipped (nothing when it was reused compiled)."""
+        encoder = loaded_encoder(plan)
+        if encoder is None:
+            return []
+        compiled = compile_package(folder / encoder.filename)
         archive = shutil.make_archive(str(compiled), "zip", root_dir=folder, base_dir=compiled.name)
         return [compiled, Path(archive)]
 
-    def compile_command(self, folder: Path, plan: list[Artifact]) -> str:
-        return shlex.join(compile_command(folder / plan[0].filename, folder))
+    def compile_command(self, folder: Path, plan: list[Artifact]) -> str | None:
+        encoder = loaded_encoder(plan)
+        return encoder and shlex.join(compile_command(folder / encoder.filename, folder))
+
+
+def loaded_encoder(plan: list[Artifact]) -> Artifact | None:
+    """The fixed-length encoder whisper.cpp loads, if ``plan`` has it (not the ``-flex`` one)."""
+    return next((artifact for artifact in plan if artifact.kind is ArtifactKind.ENCODER
+                 and not artifact.inputs[0].get("enumerated_frames")), None)
 
 
 @hookimpl

@@ -72,14 +72,11 @@ def is_converted_encoder(source: str) -> bool:
 
 
 def load_parent_package(model: LoadedModel, package: Path, job: Job) -> LoadedModel | None:
-    """The checkpoint proving that the converted encoder ``package`` is ``model``'s: ``--parent-ggml``, else the
-    source named by the wconv manifest beside the package (checked by sha256); None under ``--trust-parent``.
+    """The checkpoint proving that the converted encoder ``package`` (or compiled ``.mlmodelc``) is ``model``'s:
+    ``--parent-ggml``, else the source named by the wconv manifest beside it (checked by sha256); None under ``--trust-parent``.
 
     The package is recorded in ``model.provenance`` (``parent_package``, ``parent_proof``) for ``wconv_reuse``.
     """
-    if package.suffix == ".mlmodelc":
-        raise InputError(f"{package} is compiled: wconv links packages only; give the parent's .mlpackage or its ggml file "
-                         f"(or rename the .mlmodelc to ggml-{model.name}-encoder.mlmodelc yourself)")
     manifest, _ = manifest_listing(package)
     if job.parent_ggml:
         proof, parent = "parent-ggml", load_parent(model, job.parent_ggml)
@@ -118,11 +115,13 @@ def parent_cache_dir(parent: LoadedModel) -> Path:
 
 
 def manifest_listing(package: Path) -> tuple[dict, dict] | tuple[None, None]:
-    """(manifest, artifact entry) of the wconv manifest beside ``package`` that lists it, if any."""
+    """(manifest, artifact entry) of the wconv manifest beside ``package`` that lists it, if any; for a compiled
+    ``.mlmodelc``, the one listing the ``.mlpackage`` of its name (which wconv compiles beside it on a Mac)."""
+    listed = package.with_suffix(".mlpackage").resolve()
     for candidate in wconv.manifests_in(package.parent):
         manifest = wconv.read_manifest(candidate)
         for entry in manifest["artifacts"]:
-            if (candidate.parent / entry["file"]).resolve() == package.resolve():
+            if (candidate.parent / entry["file"]).resolve() == listed:
                 return manifest, entry
     return None, None
 
@@ -145,28 +144,37 @@ def parent_encoder(model: LoadedModel, wanted: Artifact, job: Job) -> Reuse | No
         result = wconv.convert(parent.source, family=parent.family, output=parent_cache_dir(parent), layout="coreml",
                                min_target=job.min_target, min_psnr=job.min_psnr, force=True)
         package, manifest = result.paths[0], result.manifest
-    return Reuse(path=package, parent=parent.name, details={
-        **parent_details(model),
-        "parent_verify": manifest["verify"],
-    })
+    return linked(package, parent.name, wanted, {**parent_details(model), "parent_verify": manifest["verify"]})
 
 
 def package_reuse(model: LoadedModel, package: Path, wanted: Artifact) -> Reuse | None:
-    """The ``--parent`` package in place of whisper.cpp's fixed-shape encoder; other artifacts are converted.
+    """The ``--parent`` package (or compiled ``.mlmodelc``) in place of whisper.cpp's fixed-shape encoder; other
+    artifacts are converted.
 
-    A package whose manifest gives it other IO than ``wanted`` is refused.
+    A package whose manifest, or a compiled model whose ``metadata.json``, gives it other IO than ``wanted`` is refused.
     """
     if wanted.channels_first or any(spec.get("enumerated_frames") for spec in wanted.inputs):
         return None
     manifest, entry = manifest_listing(package)
-    if entry is not None and Artifact.from_entry(entry).contract() != wanted.contract():
+    declared = [entry] if entry is not None else []
+    if package.suffix == ".mlmodelc":
+        declared.append({"kind": wanted.kind.value, "file": package.name, **wconv.describe_io(package)})
+    if any(Artifact.from_entry(found).contract() != wanted.contract() for found in declared):
         raise InputError(f"{package} has other inputs or outputs than whisper.cpp's encoder ({wanted.filename}): give the "
-                         "parent's ggml-<model>-encoder.mlpackage")
+                         f"parent's ggml-<model>-encoder{package.suffix}")
     if model.parent is None:
-        name = package.name.removeprefix("ggml-").removesuffix(".mlpackage").removesuffix("-encoder")
-        return Reuse(path=package, parent=name, details={"trusted": True})
+        name = package.stem.removeprefix("ggml-").removesuffix("-encoder")
+        return linked(package, name, wanted, {"trusted": True})
     verify = {"parent_verify": manifest["verify"]} if manifest else {}
-    return Reuse(path=package, parent=model.parent.name, details={**parent_details(model), **verify})
+    return linked(package, model.parent.name, wanted, {**parent_details(model), **verify})
+
+
+def linked(package: Path, parent: str, wanted: Artifact, details: dict) -> Reuse:
+    """``package`` linked in place of ``wanted``; a compiled ``.mlmodelc`` under ``wanted``'s name with its own suffix,
+    recorded as compiled and not verified here (nothing but Core ML on a Mac runs it; its proof is ``parent_proof``)."""
+    if package.suffix == ".mlmodelc":
+        details = {**details, "compiled": True, "verified": False}
+    return Reuse(path=package, parent=parent, details=details, filename=Path(wanted.filename).with_suffix(package.suffix).name)
 
 
 def parent_details(model: LoadedModel) -> dict:
