@@ -50,13 +50,13 @@ def test_a_missing_extra_fails_in_one_line(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_fp16(tmp_path_factory, speech_clips):
     """Random tiny weights converted the default way: fp16 encoder with two lengths and a stateful decoder, verified
-    with a wav (the transcript check; a 16-token text context bounds random weights' decoding to 8 tokens)."""
+    with a wav (the transcript check; an 8-token text context bounds random weights' decoding to 4 tokens)."""
     from wconv.tools.random_checkpoints import write_random_checkpoint
 
     folder = tmp_path_factory.mktemp("coreai-tiny")
     write_random_checkpoint(folder / "tiny.pt", "tiny", 0)
     return wconv.convert(str(folder / "tiny.pt"), "openai", folder / "out", layout="coreai", decoder="stateful",
-                         audio_lengths=(1500, 3000), text_context=16, verify_input=speech_clips[0])
+                         audio_lengths=(1500, 3000), text_context=8, verify_input=speech_clips[0])
 
 
 @needs_coreai
@@ -71,7 +71,7 @@ def test_fp16_assets_have_the_ane_contracts_and_functions_per_length(tiny_fp16):
     assert encoder["outputs"] == [{"name": "encoder_output_embeds", "shape": [1, 384, 1, 1500], "dtype": "float16"}]
     decoder = describe_aimodel(folder / "tiny-decoder-stateful.aimodel")
     assert [s["name"] for s in decoder["inputs"]] == ["input_ids", "cache_length", "encoder_output_embeds"]
-    assert {s["name"]: (s["shape"], s["dtype"]) for s in decoder["states"]}["value_cache_3"] == ([1, 384, 1, 16], "float16")
+    assert {s["name"]: (s["shape"], s["dtype"]) for s in decoder["states"]}["value_cache_3"] == ([1, 384, 1, 8], "float16")
 
 
 @needs_coreai
@@ -90,7 +90,7 @@ def test_fp16_assets_are_verified_through_their_fp32_twins_above_60_db(tiny_fp16
 def test_verify_input_transcribes_it_through_the_encoder_beside_the_decoder(tiny_fp16, speech_clips):
     [check] = [check for check in json.loads(tiny_fp16.manifest_path.read_text())["verify"] if "token_error_rate" in check["metrics"]]
     assert check["artifact"] == "tiny-decoder-stateful.aimodel" and check["passed"]
-    assert check["metrics"] == {"token_error_rate": 0.0, "tokens": 8}  # the 16-token context's half, as openai-whisper's sample_len
+    assert check["metrics"] == {"token_error_rate": 0.0, "tokens": 4}  # the 8-token context's half, as openai-whisper's sample_len
     assert f"host log-mel -> tiny-encoder.aimodel -> tiny-decoder-stateful.aimodel on {speech_clips[0].name}" in check["message"]
 
 
