@@ -52,8 +52,9 @@ def check_spec(text: str) -> None:
 
 
 def compress_program(program, spec: CompressionSpec):
-    """A compressed copy of a Core AI program: every weight of more than 2048 elements a convolution, matmul or
-    gather reads (coreai-opt skips a weight its blocks do not divide, e.g. int4 on the encoder's 80 mel inputs)."""
+    """A compressed copy of a Core AI program: each weight of more than 2048 elements that only convolutions, matmuls
+    and ``gather_nd`` read (not the token embedding, which a ``gather_along_axis`` reads too; coreai-opt also skips a
+    weight its blocks do not divide, e.g. int4 on the encoder's 80 mel inputs)."""
     import coreai_opt.coreai_utils as passes
 
     granularity = passes.CompressionGranularity
