@@ -21,7 +21,6 @@ needs_coreai = pytest.mark.skipif(importlib.util.find_spec("coreai_torch") is No
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--compress", "mixed:4"], "--compress mixed:4 is not available for --layout coreai: the mixed-bit search measures"),
     (["--compress", "palette3"], "--compress palette3 is not available for --layout coreai: coreai-torch stores 2, 4, 6, 8-bit"),
     (["--ggml-type", "q5_0"], "--ggml-type does not apply to --layout coreai"),
     (["--audio-lengths", "1500"], "--audio-lengths must include 3000"),
@@ -32,6 +31,19 @@ def test_options_it_cannot_honour_are_refused_in_one_line(tmp_path, args, messag
     assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("Error: ")
     assert message in result.output
     assert not (tmp_path / "out").exists()
+
+
+@needs_coreai
+def test_mixed_bits_are_refused_in_one_line_without_torchaos_import_logs(tmp_path):
+    """coreai-opt pulls torchao, which coremltools imports and which logs CUDA kernels it cannot load: a fresh process."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from wconv.cli import main; main()", "run", "tiny.pt", "--layout", "coreai", "--compress", "mixed:4",
+                           "-o", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("Error: --compress mixed:4 is not available for --layout coreai: the mixed-bit search measures")
+    assert len(done.stderr.splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 def test_float32_is_refused_by_the_core_ml_layouts(tmp_path):
