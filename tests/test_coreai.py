@@ -128,3 +128,25 @@ def test_int8_runs_compressed_on_the_runtime_with_the_core_ml_manifest_entry(tin
     assert "blockwise_shift_scale" in graph and "xsi8>" in graph
     assert "compressed tiny-encoder.aimodel: int8, 32.9 MB -> 10.1 MB" in output
     assert "torchao" not in output and "KernelPreference" not in output and "Warning" not in output
+
+
+@pytest.fixture(scope="module")
+def base_fp32(sample_dir, tmp_path_factory):
+    """The real base weights as fp32 assets with the cache-io decoder (verification is the tiny model's test: time)."""
+    return wconv.convert(str(sample_dir), "ct2", tmp_path_factory.mktemp("coreai-base"), layout="coreai", decoder="cache-io",
+                         precision="float32", verify=False)
+
+
+@needs_coreai
+def test_base_transcribes_a_clip_exactly_as_openai_whisper_fp32(base_fp32, speech_clips, openai_base_model):
+    import torch
+
+    from wconv.runtime.audio import host_log_mel, read_wav
+    from wconv.runtime.reference import reference_tokens
+    from wconv.tools.transcribe import transcribe
+
+    with torch.no_grad():
+        features = openai_base_model.encoder(torch.from_numpy(host_log_mel(read_wav(speech_clips[0]), 80))).numpy()
+    result = transcribe(base_fp32.manifest_path, speech_clips[0], "en")
+    assert text_tokens(result["tokens"]) == reference_tokens(openai_base_model, features, "en")
+    assert result["encoder"] == "coreai-runtime" and result["decoder"] == "cache-io coreai-runtime"
