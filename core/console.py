@@ -38,8 +38,13 @@ class StageReporter:
         return result
 
 
+# coremltools logs missing macOS runtimes at import; it imports torchao when installed (coreai-opt pulls it), which logs
+# CUDA kernels it cannot load and a deprecated pytree registration; coreai-opt logs each weight its pass skips
+QUIET_LOGGERS = ("coremltools", "torchao", "torch.utils._pytree", "coreai_opt")
+
+
 def quiet_libraries() -> None:
-    """coremltools logs missing macOS runtimes at import and draws progress bars: keep stderr to wconv's lines."""
+    """Libraries log at import and draw progress bars: keep stderr to wconv's lines."""
     import logging
     import os
     import warnings
@@ -47,7 +52,8 @@ def quiet_libraries() -> None:
     if "--debug" in sys.argv:
         return
     os.environ.setdefault("TQDM_DISABLE", "1")
-    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
 
@@ -60,13 +66,14 @@ def libraries_quiet():
 
     from tqdm import std
 
-    logger = logging.getLogger("coremltools")
-    level, init = logger.level, std.tqdm.__dict__["__init__"]
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels, init = [logger.level for logger in loggers], std.tqdm.__dict__["__init__"]
 
     def silent_init(self, *args, **kwargs):
         init.__get__(self, type(self))(*args, **{**kwargs, "disable": True})
 
-    logger.setLevel(logging.ERROR)
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     std.tqdm.__init__ = silent_init
     try:
         with warnings.catch_warnings():
@@ -74,4 +81,5 @@ def libraries_quiet():
             yield
     finally:
         std.tqdm.__init__ = init
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

@@ -18,6 +18,7 @@ CORE_PLUGINS = {
     "wconv.conversion": "wconv.conversion.defaults",
     "wconv.conversion.coreai": "wconv.conversion.coreai",
     "wconv.compression": "wconv.compress.defaults",
+    "wconv.compression.coreai": "wconv.compress.coreai",
     "wconv.verification": "wconv.verify.defaults",
     "wconv.verification.coreai": "wconv.verify.coreai",
     "wconv.layouts.whispercpp": "wconv.layouts.whispercpp",

@@ -21,7 +21,8 @@ needs_coreai = pytest.mark.skipif(importlib.util.find_spec("coreai_torch") is No
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--compress", "int8"], "--compress int8 is not available for --layout coreai"),
+    (["--compress", "palette3"], "--compress palette3 is not available for --layout coreai: coreai-torch stores 2, 4, 6, 8-bit"),
+    (["--compress", "mixed:4"], "--compress mixed:4 is not available for --layout coreai: the mixed-bit search measures"),
     (["--ggml-type", "q5_0"], "--ggml-type does not apply to --layout coreai"),
     (["--audio-lengths", "1500"], "--audio-lengths must include 3000"),
 ])
@@ -47,14 +48,15 @@ def test_a_missing_extra_fails_in_one_line(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_fp16(tmp_path_factory):
-    """Random tiny weights converted the default way: fp16 encoder with two lengths and a stateful decoder, verified."""
+def tiny_fp16(tmp_path_factory, speech_clips):
+    """Random tiny weights converted the default way: fp16 encoder with two lengths and a stateful decoder, verified
+    with a wav (the transcript check; an 8-token text context bounds random weights' decoding to 4 tokens)."""
     from wconv.tools.random_checkpoints import write_random_checkpoint
 
     folder = tmp_path_factory.mktemp("coreai-tiny")
     write_random_checkpoint(folder / "tiny.pt", "tiny", 0)
     return wconv.convert(str(folder / "tiny.pt"), "openai", folder / "out", layout="coreai", decoder="stateful",
-                         audio_lengths=(1500, 3000))
+                         audio_lengths=(1500, 3000), text_context=8, verify_input=speech_clips[0])
 
 
 @needs_coreai
@@ -69,19 +71,63 @@ def test_fp16_assets_have_the_ane_contracts_and_functions_per_length(tiny_fp16):
     assert encoder["outputs"] == [{"name": "encoder_output_embeds", "shape": [1, 384, 1, 1500], "dtype": "float16"}]
     decoder = describe_aimodel(folder / "tiny-decoder-stateful.aimodel")
     assert [s["name"] for s in decoder["inputs"]] == ["input_ids", "cache_length", "encoder_output_embeds"]
-    assert {s["name"]: (s["shape"], s["dtype"]) for s in decoder["states"]}["value_cache_3"] == ([1, 384, 1, 448], "float16")
+    assert {s["name"]: (s["shape"], s["dtype"]) for s in decoder["states"]}["value_cache_3"] == ([1, 384, 1, 8], "float16")
 
 
 @needs_coreai
 def test_fp16_assets_are_verified_through_their_fp32_twins_above_60_db(tiny_fp16):
     manifest = json.loads(tiny_fp16.manifest_path.read_text())
-    checks = {check["artifact"]: check for check in manifest["verify"]}
-    assert set(checks) == {"tiny-encoder.aimodel", "tiny-decoder-stateful.aimodel"}
-    for check in checks.values():
-        assert check["passed"] and check["metrics"]["psnr"] >= 60
-        assert check["method"] == "coreai-runtime (fp32 twin)"
+    psnr = {check["artifact"]: check for check in manifest["verify"] if "psnr" in check["metrics"]}
+    assert set(psnr) == {"tiny-encoder.aimodel", "tiny-decoder-stateful.aimodel"}
+    for check in manifest["verify"]:
+        assert check["passed"] and check["method"] == "coreai-runtime (fp32 twin)"
         assert "fp16 execution skipped: coreai-core's CPU runtime runs fp16 ~33x slower" in check["message"]
+    assert all(check["metrics"]["psnr"] >= 60 for check in psnr.values())
     assert "xcrun coreai-build compile" in tiny_fp16.notes[0] and "--preferred-compute neural-engine" in tiny_fp16.notes[0]
+
+
+@needs_coreai
+def test_verify_input_transcribes_it_through_the_encoder_beside_the_decoder(tiny_fp16, speech_clips):
+    [check] = [check for check in json.loads(tiny_fp16.manifest_path.read_text())["verify"] if "token_error_rate" in check["metrics"]]
+    assert check["artifact"] == "tiny-decoder-stateful.aimodel" and check["passed"]
+    assert check["metrics"] == {"token_error_rate": 0.0, "tokens": 4}  # the 8-token context's half, as openai-whisper's sample_len
+    assert f"host log-mel -> tiny-encoder.aimodel -> tiny-decoder-stateful.aimodel on {speech_clips[0].name}" in check["message"]
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(tmp_path_factory):
+    """A random tiny fp32 encoder compressed to int8 by coreai-opt, verified beside the uncompressed one, by `wconv run`
+    in a fresh process: coreai-opt pulls torchao, which coremltools imports and which logs CUDA kernels it cannot load."""
+    import subprocess
+    import sys
+
+    from wconv.tools.random_checkpoints import write_random_checkpoint
+
+    folder = tmp_path_factory.mktemp("coreai-int8")
+    write_random_checkpoint(folder / "tiny.pt", "tiny", 1)
+    done = subprocess.run([sys.executable, "-c", "from wconv.cli import main; main()", "run", str(folder / "tiny.pt"),
+                           "--layout", "coreai", "--precision", "float32", "--compress", "int8", "-o", str(folder / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return folder / "out" / "tiny.manifest.json", done.stdout + done.stderr
+
+
+@needs_coreai
+def test_int8_runs_compressed_on_the_runtime_with_the_core_ml_manifest_entry(tiny_int8):
+    from coreai.authoring import AIModelAsset
+
+    manifest_path, output = tiny_int8
+    [entry] = json.loads(manifest_path.read_text())["artifacts"]
+    record = entry["compression"]
+    assert (record["spec"], record["tool"], record["uncompressed_bits"]) == ("int8", "coreai-opt", 32)
+    # int8 weights and fp32 scales; the positional embedding (an add's input) and the biases stay fp32
+    assert 0.28 < record["size_ratio"] < 0.34 and record["bits_per_weight"] == pytest.approx(32 * record["size_ratio"], abs=0.01)
+    [check] = record["checks"]
+    assert check["method"] == "coreai-runtime" and 50 < check["psnr"] < check["uncompressed_psnr"] - 40
+    graph = str(AIModelAsset.load(manifest_path.parent / "tiny-encoder.aimodel").program._module)
+    assert "blockwise_shift_scale" in graph and "xsi8>" in graph
+    assert "compressed tiny-encoder.aimodel: int8, 32.9 MB -> 10.1 MB" in output
+    assert "torchao" not in output and "KernelPreference" not in output and "Warning" not in output
 
 
 @pytest.fixture(scope="module")

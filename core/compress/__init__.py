@@ -1,2 +1,2 @@
-"""Compression: ``--compress`` specs, applying them with ``coremltools.optimize.coreml``, the mixed-bit
-sensitivity search on real speech, and the default compress plugin. May import the host, conversion, runtime and verify."""
+"""Compression: ``--compress`` specs, applying them with ``coremltools.optimize.coreml`` (and to Core AI assets with
+coreai-opt), the mixed-bit sensitivity search on real speech, and the compress plugins. May import the host, conversion, runtime and verify."""

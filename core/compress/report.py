@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..files import tree_size
 from ..job import Check
 from .apply import weight_bytes
 
@@ -18,21 +19,38 @@ def recipe_filename(package: Path) -> str:
 
 
 def compression_entry(package: Path, uncompressed: Path, checks: list[Check], uncompressed_checks: list[Check]) -> dict:
-    """The ``compression`` record of a saved compressed package and the same model uncompressed; writes its recipe beside it."""
-    import coremltools as ct
-
-    from .defaults import METADATA_KEY
-
-    metadata = ct.models.MLModel(str(package), skip_model_load=True).user_defined_metadata
-    record = json.loads(metadata.get(METADATA_KEY, "{}"))
-    after, before = weight_bytes(package), weight_bytes(uncompressed)
+    """The ``compression`` record of a saved compressed model (``.mlpackage`` or ``.aimodel``) and the same model
+    uncompressed; writes its recipe beside it."""
+    record = stored_record(package)
+    after, before = stored_weight_bytes(package), stored_weight_bytes(uncompressed)
     record.update(weight_bytes=after, uncompressed_weight_bytes=before, size_ratio=round(after / before, 4),
-                  bits_per_weight=round(16 * after / before, 3))
+                  bits_per_weight=round(record.get("uncompressed_bits", 16) * after / before, 3))
     record["checks"] = [side_by_side(check, baseline) for check, baseline in zip(checks, uncompressed_checks)]
     if "recipe" in record:
         record["recipe_file"] = recipe_filename(package)
         (package.parent / record["recipe_file"]).write_text(json.dumps(record["recipe"], indent=2) + "\n")
     return record
+
+
+def stored_record(path: Path) -> dict:
+    """What the compress stage recorded in a saved model's metadata (``wconv.compression``)."""
+    from .defaults import METADATA_KEY
+
+    if path.suffix == ".aimodel":
+        from ..runtime.coreai import asset_metadata
+
+        metadata = asset_metadata(path)
+    else:
+        import coremltools as ct
+
+        metadata = ct.models.MLModel(str(path), skip_model_load=True).user_defined_metadata
+    return json.loads(metadata.get(METADATA_KEY, "{}"))
+
+
+def stored_weight_bytes(path: Path) -> int:
+    """An ``.mlpackage``'s weight files, or a whole ``.aimodel`` (its weights live in the program file, beside a graph
+    of some kilobytes)."""
+    return tree_size(path) if path.suffix == ".aimodel" else weight_bytes(path)
 
 
 def side_by_side(check: Check, baseline: Check) -> dict:

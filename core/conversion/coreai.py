@@ -9,7 +9,9 @@ the stateful decoder's cache buffers as Core AI states); enumerated frame counts
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 from ..hookspecs import hookimpl
@@ -50,10 +52,11 @@ def to_program(exported, artifact: Artifact):
     from coreai_torch import TorchConverter
 
     states = [spec["name"] for spec in artifact.options.get("states", [])]
-    program = TorchConverter(mode=TorchConverter.Mode.RELEASE).add_exported_program(
-        exported, input_names=[spec["name"] for spec in artifact.inputs],
-        output_names=[spec["name"] for spec in artifact.outputs], state_names=states or None,
-    ).to_coreai()
+    with contextlib.redirect_stdout(sys.stderr):  # coreai-torch's progress lines, off stdout (--json)
+        program = TorchConverter(mode=TorchConverter.Mode.RELEASE).add_exported_program(
+            exported, input_names=[spec["name"] for spec in artifact.inputs],
+            output_names=[spec["name"] for spec in artifact.outputs], state_names=states or None,
+        ).to_coreai()
     spec = artifact.inputs[0]
     if frames := spec.get("enumerated_frames"):
         # one function per length, named main_<key>

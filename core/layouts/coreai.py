@@ -19,6 +19,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from ..compress.coreai import check_spec
 from ..errors import ConversionError, InputError
 from ..hookspecs import hookimpl
 from ..job import DECODER_VARIANTS, Artifact, ArtifactKind, Job, LoadedModel
@@ -42,9 +43,13 @@ def coreai_artifact(artifact: Artifact, filename: str, precision: str) -> Artifa
 
 
 def compile_command(asset: Path, destination: Path, platform: str) -> list[str]:
-    """Xcode 27's ahead-of-time compile of an asset for the Neural Engine of ``platform`` (macOS, iOS) into ``destination``."""
-    return ["xcrun", "coreai-build", "compile", str(asset), "--platform", platform, "--preferred-compute", "neural-engine",
-            "--output", str(destination)]
+    """Xcode 27's ahead-of-time compile of an asset for the Neural Engine of ``platform`` (macOS, iOS) into ``destination``:
+    one ``<name>.<architecture>.aimodelc`` per device architecture, for OS 27 and later."""
+    # Flags as Apple documents them: `--platform iOS --min-deployment-version 27.0 --output compiled/`
+    # (developer.apple.com/documentation/coreai/compiling-core-ai-models-ahead-of-time) and
+    # `--preferred-compute neural-engine` (apple/coreai-models skills/skills/model-authoring/references/common_issues.md)
+    return ["xcrun", "coreai-build", "compile", str(asset), "--platform", platform, "--min-deployment-version", "27.0",
+            "--preferred-compute", "neural-engine", "--output", str(destination)]
 
 
 class CoreAILayout(Layout):
@@ -56,14 +61,13 @@ class CoreAILayout(Layout):
         for option, given in (("--folder-suffix", job.folder_suffix), ("--ggml-type", job.ggml_type != "f16")):
             if given:
                 raise InputError(f"{option} does not apply to --layout coreai (Core AI assets only, no ggml file, no folder): drop it")
-        if job.compress:
-            raise InputError(f"--compress {job.compress} is not available for --layout coreai yet (coreai-opt's graph passes are "
-                             "not mapped): drop it, or compress Core ML models with --layout coreml")
         if job.audio_lengths and N_FRAMES not in job.audio_lengths:
             raise InputError(f"--audio-lengths must include {N_FRAMES} (the 30 s window), e.g. 1500,{N_FRAMES}")
         if job.decoder and job.decoder not in DECODER_VARIANTS.values():
             raise InputError(f"unknown decoder '{job.decoder}': choose one of stateful, cache-io")
         require_coreai()
+        if job.compress:
+            check_spec(job.compress)
 
     def plan(self, model: LoadedModel, job: Job) -> list[Artifact]:
         """The encoder (with a function per enumerated length), then the decoder ``--decoder`` names."""
@@ -73,7 +77,7 @@ class CoreAILayout(Layout):
             encoder.inputs[0]["enumerated_frames"] = sorted(job.audio_lengths)
         plan = [encoder]
         if job.decoder:
-            decoder = DECODERS[ArtifactKind.decoder(job.decoder)](model)
+            decoder = DECODERS[ArtifactKind.decoder(job.decoder)](model, text_context=job.text_context)
             plan.append(coreai_artifact(decoder, f"{model.name}-decoder-{job.decoder}.aimodel", precision))
         return plan
 

@@ -79,6 +79,13 @@ class AIModelRunner:
         self.loop.close()
 
 
+def asset_metadata(path: Path) -> dict[str, str]:
+    """The custom metadata a saved ``.aimodel`` carries (wconv's ``wconv.*`` keys)."""
+    from coreai.authoring import AIModelAsset
+
+    return dict(AIModelAsset.load(path).metadata.creator_defined_metadata)
+
+
 def describe_aimodel(path: Path) -> dict:
     """Names, shapes and dtypes of a saved ``.aimodel``'s inputs, outputs and states, as :func:`wconv.manifest.describe_io`
     describes an ``.mlpackage``, and its ``functions``: ``main``, or one per enumerated length (the largest described)."""

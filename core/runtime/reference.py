@@ -110,11 +110,12 @@ def float_copies(weights: dict) -> dict:
     return {k: torch.as_tensor(v).float() for k, v in weights.items()}
 
 
-def reference_tokens(model, features: np.ndarray, language: str | None) -> list[int]:
-    """openai-whisper's greedy tokens (fp32, no timestamps) for an encoder output ``(1, n_audio_ctx, D)``."""
+def reference_tokens(model, features: np.ndarray, language: str | None, sample_len: int | None = None) -> list[int]:
+    """openai-whisper's greedy tokens (fp32, no timestamps) for an encoder output ``(1, n_audio_ctx, D)``, at most
+    ``sample_len`` of them (default half the text context, 224)."""
     import torch
     import whisper
 
-    options = whisper.DecodingOptions(language=language, without_timestamps=True, fp16=False, temperature=0.0)
+    options = whisper.DecodingOptions(language=language, without_timestamps=True, fp16=False, temperature=0.0, sample_len=sample_len)
     result = whisper.decode(model, torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), options)
     return list(result[0].tokens if isinstance(result, list) else result.tokens)

@@ -4,7 +4,8 @@ wav ``--verify-input``, the transcript through the encoder beside the decoder).
 
 coreai-core's bundled CPU runtime (Linux, macOS before 27) runs fp16 about 33 times slower than fp32 (326 s
 for one call of the tiny encoder), so an fp16 asset is checked through its fp32 twin: the same module,
-exported and converted the same way in fp32, kept in wconv's cache. The checks say so.
+exported and converted the same way in fp32, kept in wconv's cache; a compressed asset's twin is compressed with
+the same coreai-opt pass (on the fp32 weights). The checks say so. An fp32 asset, compressed or not, runs as it is.
 """
 
 from __future__ import annotations
@@ -33,19 +34,32 @@ def in_fp32(specs: list[dict]) -> list[dict]:
              if key != "enumerated_frames"} for spec in specs]
 
 
-def fp32_twin(model: LoadedModel, artifact: Artifact) -> Path:
-    """The artifact converted in fp32 (same module, export and conversion), cached by checkpoint and IO contract."""
+def fp32_twin(model: LoadedModel, artifact: Artifact, compression: str | None) -> Path:
+    """The artifact converted in fp32 (same module, export and conversion) and compressed as ``compression`` names
+    (a ``--compress`` spec, or None), cached by checkpoint, IO contract and spec."""
+    from ..compress.coreai import compress_program
+    from ..compress.specs import parse_spec
     from ..conversion.coreai import CoreAIModel, export_program, to_program
 
     twin = Artifact(kind=artifact.kind, filename=artifact.filename, inputs=in_fp32(artifact.inputs),
                     outputs=in_fp32(artifact.outputs), options=artifact.options)
-    key = hashlib.sha256(json.dumps([model.source_sha256, twin.contract()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([model.source_sha256, twin.contract(), compression]).encode()).hexdigest()[:16]
     path = cache_dir() / "coreai-fp32" / key / artifact.filename
     if not path.is_dir():
+        program = to_program(export_program(model, twin), twin)
+        if compression:
+            program = compress_program(program, parse_spec(compression))
         staged = path.with_name(f".partial-{path.name}")
-        CoreAIModel(to_program(export_program(model, twin), twin)).save(str(staged))
+        CoreAIModel(program).save(str(staged))
         staged.rename(path)
     return path
+
+
+def compression_of(path: Path) -> str | None:
+    """The ``--compress`` spec a saved asset was compressed with, or None."""
+    from ..compress.report import stored_record
+
+    return stored_record(path).get("spec")
 
 
 def encoder_beside(path: Path, model: LoadedModel, fp16: bool) -> Path:
@@ -56,7 +70,7 @@ def encoder_beside(path: Path, model: LoadedModel, fp16: bool) -> Path:
     if not fp16:
         return encoder
     described = Artifact.from_entry({"kind": ArtifactKind.ENCODER, **describe_io(encoder)}, encoder.name)
-    return fp32_twin(model, described)
+    return fp32_twin(model, described, compression_of(encoder))
 
 
 @hookimpl
@@ -65,18 +79,21 @@ def wconv_verify(path, model, artifact, job):
     if path.suffix != ".aimodel" or artifact.kind not in CHECKS or model.reference_encoder is None:
         return None
     fp16 = is_fp16(artifact)
-    run_path = fp32_twin(model, artifact) if fp16 else path
+    compression = compression_of(path)
+    run_path = fp32_twin(model, artifact, compression) if fp16 else path
     if CHECKS[artifact.kind] is decoder_checks and is_audio_file(job.verify_input):
         checks = decoder_checks(run_path, model, artifact, job, encoder_beside(path, model, fp16))
     else:
         checks = CHECKS[artifact.kind](run_path, model, artifact, job)
-    return [named(check, artifact, fp16) for check in checks]
+    return [named(check, artifact, fp16, compression) for check in checks]
 
 
-def named(check: Check, artifact: Artifact, fp16: bool) -> Check:
+def named(check: Check, artifact: Artifact, fp16: bool, compression: str | None) -> Check:
     """A check of the twin, reported under the artifact's own name."""
     check.artifact = artifact.filename
     if fp16:
         check.method = f"{check.method} (fp32 twin)"
         check.message = f"{check.message}; {FP16_SKIPPED}"
+        if compression:
+            check.message += f", compressed with the same coreai-opt pass ({compression}) on its fp32 weights"
     return check

@@ -80,7 +80,7 @@ def decoder_checks(path: Path, model: LoadedModel, artifact: Artifact, job: Job,
     (behind ``encoder_path``, by default the encoder beside it: see :func:`transcript_check`)."""
     _, features, described = reference_features(model, job)
     tokens, reference = reference_decoder_logits(model, features)
-    transcript = expected_transcript(model, job.verify_input) if is_audio_file(job.verify_input) else None
+    transcript = expected_transcript(model, job.verify_input, decoder_text_context(artifact) // 2) if is_audio_file(job.verify_input) else None
     checks = []
     for method in platform_methods(path):
         metrics = compare(reference, artifact_decoder_logits(path, model, artifact, features, tokens, method))
@@ -98,8 +98,9 @@ CHECKS = {
 }
 
 
-def expected_transcript(model: LoadedModel, audio: Path) -> tuple[np.ndarray, list[int]]:
-    """The samples of ``audio`` and openai-whisper fp32's greedy English tokens for them (source weights, unpatched)."""
+def expected_transcript(model: LoadedModel, audio: Path, sample_len: int) -> tuple[np.ndarray, list[int]]:
+    """The samples of ``audio`` and openai-whisper fp32's greedy English tokens for them (source weights, unpatched),
+    at most ``sample_len`` of them: what a decoder of text context ``2 * sample_len`` can write."""
     import torch
 
     from ..runtime.reference import reference_tokens, whisper_model
@@ -107,7 +108,7 @@ def expected_transcript(model: LoadedModel, audio: Path) -> tuple[np.ndarray, li
     samples = read_wav(audio)
     with torch.no_grad():
         features = model.reference_encoder(torch.from_numpy(host_log_mel(samples, model.dims.n_mels))).numpy()
-    return samples, reference_tokens(whisper_model(model.dims, model.state_dict), features, "en")
+    return samples, reference_tokens(whisper_model(model.dims, model.state_dict), features, "en", sample_len)
 
 
 def transcript_check(path: Path, model: LoadedModel, artifact: Artifact, job: Job, method: str, transcript,
