@@ -5,6 +5,7 @@ import torch
 import whisper.model
 
 from wconv.conversion import ane
+from wconv.errors import ConversionError
 from wconv.tools.random_checkpoints import random_state_dict, real_dims
 
 
@@ -48,3 +49,15 @@ def test_load_canonical_names_the_missing_tensor():
     del state["encoder.blocks.0.attn.query.weight"]
     with pytest.raises(Exception, match="blocks.0.attn.query.weight"):
         ane.build_encoder(dims, state)
+
+
+def test_fp16_encoder_uses_fp16_weights_in_place_and_refuses_values_fp16_cannot_hold():
+    dims = real_dims("tiny")
+    state = {name: tensor.half() for name, tensor in random_state_dict(dims).items()}
+    encoder = ane.build_encoder(dims, state, dtype=torch.float16)
+    assert encoder.blocks[0].mlp[0].weight.data_ptr() == state["encoder.blocks.0.mlp.0.weight"].data_ptr()  # no copy
+    wide = random_state_dict(dims)
+    wide["encoder.blocks.1.mlp.2.weight"][0, 0] = 1e6
+    with pytest.raises(ConversionError, match=r"encoder\.blocks\.1\.mlp\.2\.weight has values beyond the range of torch.float16"):
+        ane.build_encoder(dims, wide, dtype=torch.float16)
+    assert ane.build_encoder(dims, wide).blocks[1].mlp[2].weight[0, 0, 0, 0] == 1e6  # fp32 holds it
