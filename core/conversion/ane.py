@@ -4,7 +4,8 @@ ANE rules applied here (Apple's ml-ane-transformers principles, written anew):
 
 * activations are channels-first rank-4 tensors ``(B, C, 1, S)``;
 * every ``nn.Linear`` is a 1x1 ``nn.Conv2d``; the audio convolutions are ``(1, 3)`` Conv2d;
-* attention is computed per head (split-einsum), no reshape of the sequence into heads;
+* attention is computed per head (split-einsum), no reshape of the sequence into heads; the keys are
+  transposed once for all heads, not per head (fewer ops and copies);
 * :class:`ChannelLayerNorm` normalises over the channel axis and applies ``x̂ * weight + bias``,
   which equals ``torch.nn.LayerNorm`` for *any* affine parameters (zero weights included);
 * no tensor dimension of a weight or a matmul exceeds 16384 (the largest the ANE loads): the
@@ -59,8 +60,9 @@ def split_head_attention(q, k, v, n_head: int, mask: torch.Tensor | None = None)
     head_dim = q.shape[1] // n_head
     q = q * torch.tensor(head_dim**-0.5, dtype=q.dtype)
     heads, head_weights = [], []
-    for q_h, k_h, v_h in zip(q.split(head_dim, 1), k.split(head_dim, 1), v.split(head_dim, 1)):
-        scores = torch.einsum("bchq,bkhc->bkhq", q_h, k_h.transpose(1, 3))
+    keys = k.transpose(1, 3).split(head_dim, 3)  # one transpose for all heads: (B, S_k, 1, C / n_head) each
+    for q_h, k_h, v_h in zip(q.split(head_dim, 1), keys, v.split(head_dim, 1)):
+        scores = torch.einsum("bchq,bkhc->bkhq", q_h, k_h)
         if mask is not None:
             scores = scores + mask
         weights = scores.softmax(dim=1)
