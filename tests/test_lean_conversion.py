@@ -14,7 +14,7 @@ import wconv
 from wconv.cli import cli
 from wconv.conversion import defaults
 from wconv.job import Job
-from wconv.layouts.contracts import whispercpp_encoder, whisperkit_encoder
+from wconv.layouts.contracts import cache_io_decoder, whispercpp_encoder, whisperkit_encoder
 from wconv.plugins.openai_whisper.checkpoint import load_checkpoint
 from wconv.runtime.evaluator import MLProgramEvaluator
 from wconv.runtime.reference import LazyEncoder, whisper_model
@@ -60,15 +60,17 @@ def program_facts(mlmodel, path, inputs: dict):
     return census, io, MLProgramEvaluator.load(path).predict(inputs)
 
 
-@pytest.mark.parametrize("contract", [whispercpp_encoder, whisperkit_encoder], ids=["whispercpp", "whisperkit"])
-def test_fp16_traced_encoder_is_the_fp32_traced_one_cast_by_coremltools(tiny, tmp_path, monkeypatch, contract):
+@pytest.mark.parametrize("contract", [whispercpp_encoder, whisperkit_encoder, cache_io_decoder],
+                         ids=["whispercpp", "whisperkit", "cache-io decoder"])
+def test_fp16_traced_model_is_the_fp32_traced_one_cast_by_coremltools(tiny, tmp_path, monkeypatch, contract):
     _, model = tiny
     artifact = contract(model)
     job = Job(source="tiny.pt", output=tmp_path)
     traced = defaults.wconv_trace(model, artifact)
     assert not defaults.has_fp32_weights(traced)  # no fp32 copy of the weights anywhere
-    spec = artifact.inputs[0]
-    inputs = {spec["name"]: np.random.default_rng(0).standard_normal(spec["shape"]).astype(spec["dtype"])}
+    rng = np.random.default_rng(0)
+    inputs = {spec["name"]: np.zeros(spec["shape"], spec["dtype"]) if spec["dtype"] == "int32"
+              else rng.standard_normal(spec["shape"]).astype(spec["dtype"]) for spec in artifact.inputs}
     fp16 = program_facts(defaults.wconv_convert(traced, artifact, job), tmp_path / "fp16.mlpackage", inputs)
     monkeypatch.setattr(defaults, "traced_dtype", lambda artifact: torch.float32)
     cast = program_facts(defaults.wconv_convert(defaults.wconv_trace(model, artifact), artifact, job), tmp_path / "cast.mlpackage", inputs)

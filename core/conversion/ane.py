@@ -213,12 +213,12 @@ class TokenEmbedding(nn.Module):
 
     def forward(self, token: torch.Tensor) -> torch.Tensor:
         """The embedding ``(1, n_state, 1, 1)`` of one token id (an int tensor of shape ``(1,)``)."""
-        embedded = 0
+        embedded = None
         for first, kernel in self.kernels():
             row = token - first
             clamped = row.clamp(0, kernel.shape[0] - 1)
-            found = kernel.index_select(0, clamped)
-            embedded = embedded + found * (clamped == row).to(found.dtype).view(1, 1, 1, 1)
+            found = kernel.index_select(0, clamped) * (clamped == row).to(kernel.dtype).view(1, 1, 1, 1)
+            embedded = found if embedded is None else embedded + found
         return embedded
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -74,15 +74,20 @@ def build_module(model: LoadedModel, artifact: Artifact, dtype=None):
     return MODULE_BUILDERS[artifact.kind](model, artifact, dtype or torch.float32)
 
 
+# Kinds traced in fp16 when they compute in fp16. The stateful decoder is not: coremltools 9's torch frontend reads
+# its fp16 states into fp32 (it expects fp32 torch buffers) and the attention then mixes fp32 and fp16 operands.
+FP16_TRACED = (ArtifactKind.ENCODER, ArtifactKind.DECODER_CACHE_IO)
+
+
 def traced_dtype(artifact: Artifact):
-    """The dtype an artifact's module is exported in for Core ML: fp16 for encoders computing in fp16.
+    """The dtype an artifact's module is exported in for Core ML: fp16 for :data:`FP16_TRACED` kinds computing in fp16.
 
     coremltools then converts weights that are fp16 already (no fp32 copy of them, no fp16 cast
-    pass), into the same program. The decoders' step graphs stay fp32 and are cast by coremltools.
+    pass) into the same program; the other kinds are traced in fp32 and cast by coremltools.
     """
     import torch
 
-    fp16 = artifact.kind is ArtifactKind.ENCODER and artifact.options.get("compute_precision", "float16") == "float16"
+    fp16 = artifact.kind in FP16_TRACED and artifact.options.get("compute_precision", "float16") == "float16"
     return torch.float16 if fp16 else torch.float32
 
 

@@ -33,7 +33,7 @@ from .ane import TextDecoder, load_canonical
 
 def write_at(cache: torch.Tensor, new: torch.Tensor, write_mask: torch.Tensor) -> torch.Tensor:
     """``cache`` ``(1, C, 1, S)`` with the column ``new`` ``(1, C, 1, 1)`` written where ``write_mask`` ``(1, 1, 1, S)`` is 1."""
-    return cache * (1 - write_mask) + new * write_mask
+    return cache * (torch.tensor(1.0, dtype=write_mask.dtype) - write_mask) + new * write_mask
 
 
 class StatefulDecoder(nn.Module):
@@ -45,7 +45,8 @@ class StatefulDecoder(nn.Module):
 
     def __init__(self, dims, text_context: int | None = None):
         super().__init__()
-        self.decoder = TextDecoder(dims)
+        with torch.device("meta"):  # the weights come in place from build_decoder
+            self.decoder = TextDecoder(dims)
         self.n_text_ctx = text_context or dims.n_text_ctx
         for layer in range(dims.n_text_layer):
             for kind in ("key", "value"):
@@ -68,9 +69,11 @@ class StatefulDecoder(nn.Module):
         return write
 
     def forward(self, input_ids, cache_length, encoder_output_embeds):
+        dtype = self.decoder.ln.weight.dtype  # inputs as wide as the weights (an fp16 module takes fp32 inputs too)
+        encoder_output_embeds = encoder_output_embeds.to(dtype)
         positions = torch.arange(self.n_text_ctx, dtype=cache_length.dtype)
-        write_mask = (positions == cache_length).to(encoder_output_embeds.dtype).view(1, 1, 1, -1)
-        mask = (positions > cache_length).to(encoder_output_embeds.dtype).view(1, -1, 1, 1) * MASKED
+        write_mask = (positions == cache_length).to(dtype).view(1, 1, 1, -1)
+        mask = (positions > cache_length).to(dtype).view(1, -1, 1, 1) * torch.tensor(MASKED, dtype=dtype)
         caches = [self.layer_cache(layer, write_mask) for layer in range(len(self.decoder.blocks))]
         logits, _ = self.decoder(input_ids, cache_length, encoder_output_embeds, caches, mask)
         return logits.view(1, 1, -1)
@@ -86,13 +89,17 @@ class CacheIODecoder(nn.Module):
 
     def __init__(self, dims, alignment_heads=None):
         super().__init__()
-        self.decoder = TextDecoder(dims)
+        with torch.device("meta"):  # the weights come in place from build_decoder
+            self.decoder = TextDecoder(dims)
         self.n_state = dims.n_text_state
         self.alignment_heads = [(int(layer), int(head)) for layer, head in alignment_heads or []]
 
     def forward(self, input_ids, cache_length, key_cache, value_cache, kv_cache_update_mask,
                 encoder_output_embeds, decoder_key_padding_mask):
-        write_mask = kv_cache_update_mask.to(key_cache.dtype).view(1, 1, 1, -1)  # int32, as WhisperKit allocates it
+        dtype = self.decoder.ln.weight.dtype  # inputs as wide as the weights (an fp16 module takes fp32 inputs too)
+        key_cache, value_cache, encoder_output_embeds, decoder_key_padding_mask = (
+            t.to(dtype) for t in (key_cache, value_cache, encoder_output_embeds, decoder_key_padding_mask))
+        write_mask = kv_cache_update_mask.to(dtype).view(1, 1, 1, -1)  # int32, as WhisperKit allocates it
         new_keys, new_values = [], []
 
         def layer_cache(keys, values):
