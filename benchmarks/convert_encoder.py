@@ -2,8 +2,8 @@
 
     python benchmarks/convert_encoder.py --size tiny base large-v3
 
-Both start from the same random fp16 encoder weights with the real dimensions. wconv: shared ANE
-modules -> torch.export -> ct.convert (fp16). whisper.cpp's method (models/convert-whisper-to-coreml.py):
+Both start from the same random fp16 encoder weights with the real dimensions. wconv: its pipeline's
+trace and convert stages (the shared ANE modules in fp16 -> torch.export -> ct.convert). whisper.cpp's method (models/convert-whisper-to-coreml.py):
 openai-whisper's encoder with use_sdpa=False -> torch.jit.trace with its default trace checks
 (the model runs three times) -> ct.convert (here with fp16 compute precision, as with its
 --quantize flag; its default is fp32, which does not run on the ANE). Each method runs in its own
@@ -68,26 +68,30 @@ def run_method(method: str, size: str, workdir: str) -> list[tuple[str, float, f
 
     dims, state = encoder_state_dict(size)
     mark("load weights")
-    mel = torch.randn(1, dims.n_mels, 3000)
-    with torch.no_grad():
-        if method == "wconv":
-            from wconv.conversion import ane
+    if method == "wconv":  # the pipeline's own trace and convert stages
+        from wconv.conversion import defaults
+        from wconv.job import Job, LoadedModel
+        from wconv.layouts.contracts import whispercpp_encoder
 
-            module = ane.build_encoder(dims, state)
-            del state
-            traced = torch.export.export(module, (mel,)).run_decompositions({})
-            inputs = [ct.TensorType(name="logmel_data", shape=tuple(mel.shape), dtype=np.float32)]
-        else:
-            whisper.model.MultiHeadAttention.use_sdpa = False
-            module = whisper.model.AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer)
-            module.load_state_dict({k[len("encoder."):]: v.float() for k, v in state.items()})
-            del state
+        model = LoadedModel(family="openai", name=size, dims=dims, state_dict=state, source=size, source_sha256="")
+        artifact = whispercpp_encoder(model)
+        traced = defaults.wconv_trace(model, artifact)
+        del model, state
+        mark("trace")
+        mlmodel = defaults.wconv_convert(traced, artifact, Job(source=size, output=Path(workdir)))
+    else:
+        mel = torch.randn(1, dims.n_mels, 3000)
+        whisper.model.MultiHeadAttention.use_sdpa = False
+        module = whisper.model.AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer)
+        module.load_state_dict({k[len("encoder."):]: v.float() for k, v in state.items()})
+        del state
+        with torch.no_grad():
             traced = torch.jit.trace(module.eval(), mel)
-            inputs = [ct.TensorType(name="logmel_data", shape=tuple(mel.shape))]
-    del module
-    mark("trace")
-    mlmodel = ct.convert(traced, convert_to="mlprogram", inputs=inputs, outputs=[ct.TensorType(name="output", dtype=np.float32)],
-                         compute_precision=ct.precision.FLOAT16, minimum_deployment_target=ct.target.iOS16, skip_model_load=True)
+        del module
+        mark("trace")
+        mlmodel = ct.convert(traced, convert_to="mlprogram", inputs=[ct.TensorType(name="logmel_data", shape=tuple(mel.shape))],
+                             outputs=[ct.TensorType(name="output", dtype=np.float32)], compute_precision=ct.precision.FLOAT16,
+                             minimum_deployment_target=ct.target.iOS16, skip_model_load=True)
     del traced
     mark("convert")
     mlmodel.save(os.path.join(workdir, f"{method}.mlpackage"))

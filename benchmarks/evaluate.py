@@ -72,7 +72,7 @@ def convert(folder: Path, size: str) -> float:
     from wconv.tools.random_checkpoints import write_random_checkpoint
 
     checkpoint = write_random_checkpoint(folder / f"{size}.pt", size)
-    wconv.convert(str(checkpoint), family="openai", output=folder, target="coreml", verify=False)
+    wconv.convert(str(checkpoint), family="openai", output=folder, layout="coreml", verify=False)
     weights = folder / f"ggml-{size}-encoder.mlpackage" / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
     return weights.stat().st_size / 2**30
 
