@@ -5,6 +5,7 @@ The sample model directory is assembled once into wconv's cache (``$WCONV_CACHE_
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,21 @@ import torch
 from click.testing import CliRunner
 
 DATA_DIR = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """``mktemp`` for one test module's shared artifacts, all removed when the module is done: CI's disk is shared, and
+    the suite's conversions would otherwise keep ~12 GB until the session ends."""
+    made = []
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

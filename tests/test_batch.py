@@ -64,9 +64,9 @@ def files_of(files, name):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(module_tmp):
     """A folder with two tiny-dims random checkpoints, where the tests write their manifests."""
-    root = tmp_path_factory.mktemp("batch")
+    root = module_tmp("batch")
     write_random_checkpoint(root / "checkpoints" / "a.pt", "tiny", seed=1)
     write_random_checkpoint(root / "checkpoints" / "b.pt", "tiny", seed=2)
     return root

@@ -31,9 +31,9 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def fp16_folder(sample_dir, tmp_path_factory):
+def fp16_folder(sample_dir, module_tmp):
     """The real base encoder and stateful decoder, converted and verified once, uncompressed (Core ML only)."""
-    output = tmp_path_factory.mktemp("compress") / "base"
+    output = module_tmp("compress") / "base"
     wconv.convert(sample_dir, family="ct2", output=output, layout="coreml", decoder="stateful")
     return output
 
@@ -150,8 +150,8 @@ def test_a_saved_recipe_gives_the_same_model(compressed, fp16_folder, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_random_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.pt", "tiny")
+def tiny(module_tmp):
+    return write_random_checkpoint(module_tmp("tiny") / "tiny.pt", "tiny")
 
 
 def test_wconv_compress_equals_run_with_compress(tiny, tmp_path):

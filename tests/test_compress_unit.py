@@ -56,9 +56,9 @@ def weights():
 
 
 @pytest.fixture(scope="module")
-def fp16_paths(tmp_path_factory, weights):
+def fp16_paths(module_tmp, weights):
     """{target: saved fp16 .mlpackage} for iOS16 and iOS18."""
-    folder = tmp_path_factory.mktemp("compress")
+    folder = module_tmp("compress")
     paths = {}
     for target in ("iOS16", "iOS18"):
         paths[target] = folder / f"toy-{target}.mlpackage"

@@ -48,12 +48,12 @@ def test_a_missing_extra_fails_in_one_line(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_fp16(tmp_path_factory, speech_clips):
+def tiny_fp16(module_tmp, speech_clips):
     """Random tiny weights converted the default way: fp16 encoder with two lengths and a stateful decoder, verified
     with a wav (the transcript check; an 8-token text context bounds random weights' decoding to 4 tokens)."""
     from wconv.tools.random_checkpoints import write_random_checkpoint
 
-    folder = tmp_path_factory.mktemp("coreai-tiny")
+    folder = module_tmp("coreai-tiny")
     write_random_checkpoint(folder / "tiny.pt", "tiny", 0)
     return wconv.convert(str(folder / "tiny.pt"), "openai", folder / "out", layout="coreai", decoder="stateful",
                          audio_lengths=(1500, 3000), text_context=8, verify_input=speech_clips[0])
@@ -95,7 +95,7 @@ def test_verify_input_transcribes_it_through_the_encoder_beside_the_decoder(tiny
 
 
 @pytest.fixture(scope="module")
-def tiny_int8(tmp_path_factory):
+def tiny_int8(module_tmp):
     """A random tiny fp32 encoder compressed to int8 by coreai-opt, verified beside the uncompressed one, by `wconv run`
     in a fresh process: coreai-opt pulls torchao, which coremltools imports and which logs CUDA kernels it cannot load."""
     import subprocess
@@ -103,7 +103,7 @@ def tiny_int8(tmp_path_factory):
 
     from wconv.tools.random_checkpoints import write_random_checkpoint
 
-    folder = tmp_path_factory.mktemp("coreai-int8")
+    folder = module_tmp("coreai-int8")
     write_random_checkpoint(folder / "tiny.pt", "tiny", 1)
     done = subprocess.run([sys.executable, "-c", "from wconv.cli import main; main()", "run", str(folder / "tiny.pt"),
                            "--layout", "coreai", "--precision", "float32", "--compress", "int8", "-o", str(folder / "out")],
@@ -131,9 +131,9 @@ def test_int8_runs_compressed_on_the_runtime_with_the_core_ml_manifest_entry(tin
 
 
 @pytest.fixture(scope="module")
-def base_fp32(sample_dir, tmp_path_factory):
+def base_fp32(sample_dir, module_tmp):
     """The real base weights as fp32 assets with the cache-io decoder (verification is the tiny model's test: time)."""
-    return wconv.convert(str(sample_dir), "ct2", tmp_path_factory.mktemp("coreai-base"), layout="coreai", decoder="cache-io",
+    return wconv.convert(str(sample_dir), "ct2", module_tmp("coreai-base"), layout="coreai", decoder="cache-io",
                          precision="float32", verify=False)
 
 

@@ -105,10 +105,10 @@ def tiny() -> Expected:
     return Expected(model, audio.numpy(), logits, alignment)
 
 
-@pytest.fixture(scope="session")
-def tiny_decoders(tmp_path_factory):
-    """Both tiny decoders, converted and saved once per session."""
-    directory = tmp_path_factory.mktemp("tiny-decoders")
+@pytest.fixture(scope="module")
+def tiny_decoders(module_tmp):
+    """Both tiny decoders, converted and saved once for this module."""
+    directory = module_tmp("tiny-decoders")
     model = random_tiny_model()
     return {variant: convert_decoder(model, variant, directory) for variant in VARIANTS}
 

@@ -25,9 +25,9 @@ def distil_of(parent_state: dict, dims, decoder_layers: int = 2, seed: int = 9):
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def pair(module_tmp):
     """A tiny HF parent, converted once, and a distil sharing its encoder with 2 decoder layers."""
-    root = tmp_path_factory.mktemp("distil")
+    root = module_tmp("distil")
     dims = real_dims("tiny")
     parent_state = random_state_dict(dims, seed=4)
     parent_dir = save_hf_whisper(root / "whisper-parent", dims, parent_state)

@@ -18,9 +18,9 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def converted(module_tmp):
     """A tiny-dims random checkpoint converted once by `wconv run` (no verify: covered elsewhere)."""
-    root = tmp_path_factory.mktemp("encoder")
+    root = module_tmp("encoder")
     checkpoint = write_random_checkpoint(root / "tiny.pt", "tiny", seed=5)
     result = invoke("run", checkpoint, "--output", root / "models", "--no-verify")
     assert result.exit_code == 0, result.output

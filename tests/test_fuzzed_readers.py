@@ -156,9 +156,9 @@ def test_damaged_ct2_model_bin(ct2_seed, data):
 # --- ggml -----------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ggml_seed(tmp_path_factory):
+def ggml_seed(module_tmp):
     """A ggml file of small dims (80 mels, two tokens) and the offsets of its header fields, counts and tensor headers."""
-    path = ggml.write_ggml(tmp_path_factory.mktemp("ggml") / "ggml-small.bin", DIMS, Whisper(DIMS).state_dict(), [b"a", b"bc"])
+    path = ggml.write_ggml(module_tmp("ggml") / "ggml-small.bin", DIMS, Whisper(DIMS).state_dict(), [b"a", b"bc"])
     vocab_at = 56 + 4 * 80 * 201
     offsets = list(range(0, 56, 4)) + [vocab_at, vocab_at + 4, vocab_at + 9]
     for info in ggml.read_ggml_header(path)["tensors"]:
@@ -184,13 +184,13 @@ JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64), st
 
 
 @pytest.fixture(scope="module")
-def hf_seed(tmp_path_factory):
+def hf_seed(module_tmp):
     """A saved WhisperForConditionalGeneration of small dims: its config (a dict) and model.safetensors bytes."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     from wconv import load_source
 
-    folder = tmp_path_factory.mktemp("hf")
+    folder = module_tmp("hf")
     config = WhisperConfig(d_model=8, encoder_attention_heads=2, decoder_attention_heads=2, encoder_layers=1, decoder_layers=1,
                            encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=6, max_source_positions=4, max_target_positions=3,
                            pad_token_id=1, bos_token_id=1, eos_token_id=1, decoder_start_token_id=1)

@@ -87,9 +87,9 @@ def says_hello_state_dict(dims):
 
 
 @pytest.fixture(scope="module")
-def tiny_files(tmp_path_factory):
+def tiny_files(module_tmp):
     """f16 and q5_0 files of the " hello" model, its state dict and the id of " hello"."""
-    directory = tmp_path_factory.mktemp("ggml")
+    directory = module_tmp("ggml")
     state, hello = says_hello_state_dict(TINY)
     vocab = ggml.vocab_from_tiktoken(multilingual=True)
     files = {kind: ggml.write_ggml(directory / ggml.ggml_file_name("tiny", kind), TINY, state, vocab, kind)

@@ -22,9 +22,9 @@ SENTENCES = {clip["file"]: clip["sentence"] for clip in json.loads((Path(__file_
 
 
 @pytest.fixture(scope="module")
-def ggml_files(sample_dir, tmp_path_factory):
+def ggml_files(sample_dir, module_tmp):
     """f16, q8_0 and q5_0 ggml files of the real base weights, each written by `wconv run` (verification has its own tests)."""
-    output = tmp_path_factory.mktemp("ggml")
+    output = module_tmp("ggml")
     files = {}
     for ggml_type in ("f16", "q8_0", "q5_0"):
         result = CliRunner().invoke(cli, ["run", "--family", "ct2", str(sample_dir), "--output", str(output / ggml_type),

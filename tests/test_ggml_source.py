@@ -39,19 +39,19 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def base_ggml_files(ct2_base, tmp_path_factory):
+def base_ggml_files(ct2_base, module_tmp):
     """The real base weights as whisper.cpp files of each type, written once by wconv's ggml writer."""
-    folder = tmp_path_factory.mktemp("ggml-base")
+    folder = module_tmp("ggml-base")
     vocab = vocab_from_tiktoken(multilingual=True)
     return {kind: write_ggml(folder / ggml_file_name("base", kind), ct2_base.dims, ct2_base.state_dict, vocab, kind)
             for kind in MAX_TOKEN_ERROR_RATE}
 
 
 @pytest.fixture(scope="module", params=list(MAX_TOKEN_ERROR_RATE))
-def converted(request, base_ggml_files, speech_clips, tmp_path_factory):
+def converted(request, base_ggml_files, speech_clips, module_tmp):
     """`wconv run` of one ggml file (no --family: found by its magic), and the converted encoder's output per clip."""
     kind = request.param
-    output = tmp_path_factory.mktemp(f"from-{kind}")
+    output = module_tmp(f"from-{kind}")
     result = wconv.convert(base_ggml_files[kind], output=output, ggml_type=kind, verify=False)
     encoder = MLProgramEvaluator.load(output / "ggml-base-encoder.mlpackage")
     encoded = {clip.name: encoder.predict({"logmel_data": log_mel_of(clip, 80, 3000)})["output"] for clip in speech_clips}
@@ -138,10 +138,10 @@ def requantized(path, ggml_type: str):
 
 
 @pytest.fixture(scope="module")
-def tiny_parent(tmp_path_factory):
+def tiny_parent(module_tmp):
     """Random weights with tiny's widths and 2 layers (of 4) as a ggml file, written by wconv's ggml writer (named like
     tiny, whose alignment heads it cannot have: its decoders have no alignment output)."""
-    root = tmp_path_factory.mktemp("ggml-distil")
+    root = module_tmp("ggml-distil")
     dims = dataclasses.replace(real_dims("tiny"), n_audio_layer=2, n_text_layer=2)
     parent_state = random_state_dict(dims, seed=3)
     return root, dims, parent_state, write_ggml(root / "ggml-tiny.bin", dims, parent_state, vocab_from_tiktoken(multilingual=True))

@@ -69,11 +69,11 @@ def save_whisper(directory, seed=0, alignment_heads=None, **config):
 
 
 @pytest.fixture(scope="module", params=sorted(CONVERSIONS))
-def converted(request, tmp_path_factory):
+def converted(request, module_tmp):
     """One random model per config, converted once with `wconv run --family hf` (no verify), and
     Transformers' own fp32 encoder output on a seeded mel."""
     config, dirname, name, artifact = CONVERSIONS[request.param]
-    root = tmp_path_factory.mktemp(request.param)
+    root = module_tmp(request.param)
     directory = root / dirname
     save_whisper(directory, seed=len(dirname), alignment_heads=ALIGNMENT_HEADS, **config)
     result = invoke("run", "--family", "hf", directory, "-o", root / "out", "--no-verify", *(["--name", name] if name else []))
@@ -244,10 +244,10 @@ def test_unsupported_architecture_settings_are_refused(tmp_path):
 # --- real weights: the CT2 base model written as an HF directory ----------------------------------
 
 @pytest.fixture(scope="module")
-def hf_base_dir(ct2_base, tmp_path_factory):
+def hf_base_dir(ct2_base, module_tmp):
     """The real multilingual base weights as a Transformers directory (config and generation config)."""
     return save_hf_whisper(
-        tmp_path_factory.mktemp("hf-base") / "whisper-base", ct2_base.dims, ct2_base.state_dict,
+        module_tmp("hf-base") / "whisper-base", ct2_base.dims, ct2_base.state_dict,
         alignment_heads=ct2_base.alignment_heads,
         suppress_tokens=ct2_base.config["suppress_ids"], begin_suppress_tokens=ct2_base.config["suppress_ids_begin"],
     )

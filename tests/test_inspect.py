@@ -20,7 +20,7 @@ RULES_OF_HOSTILE_OPS = {"fp32_mul": "fp32", "rank5_mul": "rank>4", "wide_relu": 
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory, base_whisperkit):
+def converted(module_tmp, base_whisperkit):
     """Random weights with tiny's widths and 2 layers (of 4) as whisper.cpp's files with a stateful decoder, and the
     session's WhisperKit folder of the real base weights (the cache-io decoder)."""
     import dataclasses
@@ -29,7 +29,7 @@ def converted(tmp_path_factory, base_whisperkit):
 
     from wconv.tools.random_checkpoints import random_state_dict, real_dims
 
-    root = tmp_path_factory.mktemp("inspect")
+    root = module_tmp("inspect")
     dims = dataclasses.replace(real_dims("tiny"), n_audio_layer=2, n_text_layer=2)
     checkpoint = root / "narrow.pt"
     torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": random_state_dict(dims)}, checkpoint)

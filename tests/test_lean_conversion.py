@@ -22,9 +22,9 @@ from wconv.tools.random_checkpoints import write_random_checkpoint
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(module_tmp):
     """A tiny-dims fp16 checkpoint (zero and negative LayerNorm weights, like every random one), loaded."""
-    path = write_random_checkpoint(tmp_path_factory.mktemp("lean") / "tiny.pt", "tiny", seed=5, fp16=True)
+    path = write_random_checkpoint(module_tmp("lean") / "tiny.pt", "tiny", seed=5, fp16=True)
     return path, wconv.load_source(str(path), "openai")
 
 

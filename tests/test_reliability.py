@@ -74,8 +74,8 @@ def plugin_site(folder: Path, entry_points: dict[str, str], modules: dict[str, s
 
 
 @pytest.fixture(scope="module")
-def tiny_pt(tmp_path_factory):
-    return write_random_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.pt", "tiny", seed=1)
+def tiny_pt(module_tmp):
+    return write_random_checkpoint(module_tmp("tiny") / "tiny.pt", "tiny", seed=1)
 
 
 @pytest.fixture

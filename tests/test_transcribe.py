@@ -33,20 +33,20 @@ def word_error_rate(text: str, reference: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def long_clip(speech_clips, tmp_path_factory):
+def long_clip(speech_clips, module_tmp):
     """The three clips, 2 s of silence after each, three times over: 69 s of speech and pauses."""
     pause = np.zeros(32000, dtype=np.float32)
     samples = np.concatenate([part for _ in range(3) for clip in speech_clips for part in (read_wav(clip), pause)])
-    path = tmp_path_factory.mktemp("long") / "long.wav"
+    path = module_tmp("long") / "long.wav"
     soundfile.write(path, samples, 16000)
     assert len(samples) / 16000 > 60
     return path, samples
 
 
 @pytest.fixture(scope="module")
-def german_clip(tmp_path_factory):
+def german_clip(module_tmp):
     """A German sentence spoken by espeak-ng, resampled to 16 kHz mono by sox as tests/data/make_clips.sh does."""
-    folder = tmp_path_factory.mktemp("german")
+    folder = module_tmp("german")
     subprocess.run(["espeak-ng", "-v", "de", "-s", "150", "-w", folder / "de_22k.wav", GERMAN], check=True)
     subprocess.run(["sox", folder / "de_22k.wav", "-D", "-r", "16000", "-c", "1", "-b", "16", folder / "de.wav"], check=True)
     return folder / "de.wav"

@@ -18,9 +18,9 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def verified(tmp_path_factory):
+def verified(module_tmp):
     """Tiny dims with zero and negative LayerNorm weights, converted and verified by `wconv run`."""
-    root = tmp_path_factory.mktemp("verify")
+    root = module_tmp("verify")
     checkpoint = write_random_checkpoint(root / "tiny.pt", "tiny", seed=7)
     result = invoke("run", checkpoint, "--output", root / "models", "--layout", "coreml", "--json")
     assert result.exit_code == 0, result.output

@@ -67,10 +67,10 @@ def base_folder(base_whisperkit):
 
 
 @pytest.fixture(scope="module")
-def hub_128_folder(tmp_path_factory):
+def hub_128_folder(module_tmp):
     """A random 128-mel model (tiny widths, large-v3's vocabulary) as a Transformers snapshot in HF's cache layout,
     converted with --layout whisperkit and a folder suffix."""
-    root = tmp_path_factory.mktemp("hub")
+    root = module_tmp("hub")
     dims = ModelDimensions(**{**real_dims("tiny").__dict__, "n_mels": 128, "n_vocab": 51866})
     snapshot = save_hf_whisper(root / "models--someone--whisper-tiny-128" / "snapshots" / "0123abc", dims, random_state_dict(dims, seed=3))
     result = invoke("run", "--family", "hf", snapshot, "--layout", "whisperkit", "--folder-suffix", "v1", "--output", root / "out")
