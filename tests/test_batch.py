@@ -260,27 +260,29 @@ def test_any_text_is_a_manifest_or_an_input_error(tmp_path_factory, text):
         assert str(e)
 
 
-def measured_peaks() -> dict[str, float]:
-    """Peak RSS (GiB) of whole `wconv run` processes per size, as README records benchmarks/batch_memory.py's table."""
+def measured_peaks() -> dict[tuple[str, str], float]:
+    """Peak RSS (GiB) of whole `wconv run` processes per (size, layout), as README records benchmarks/batch_memory.py's table."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = readme[readme.index("| model | parameters | wconv run s |"):].split("\n\n")[0]
-    return {cells[0]: float(cells[4]) for cells in (row.strip("|").split("|") for row in table.splitlines()[2:])
+    table = readme[readme.index("| model | layout | parameters |"):].split("\n\n")[0]
+    return {(cells[0], cells[1]): float(cells[4]) for cells in (row.strip("|").split("|") for row in table.splitlines()[2:])
             for cells in [[cell.strip() for cell in cells]]}
 
 
 def test_dry_run_prints_the_memory_each_job_needs_from_its_dims(project):
     manifest = project / "dry.toml"
-    manifest.write_text('[[job]]\nmodel = "checkpoints/a.pt"\n[[job]]\nmodel = "large-v3"\n[[job]]\nmodel = "someone/whisper-small-de"\nfamily = "hf"\n')
+    manifest.write_text('[[job]]\nmodel = "checkpoints/a.pt"\n[[job]]\nmodel = "large-v3"\n[[job]]\nmodel = "someone/whisper-small-de"\nfamily = "hf"\n'
+                        '[[job]]\nmodel = "large-v3"\nname = "large-v3-whisperkit"\nlayout = "whisperkit"\n')
     result = invoke("batch", manifest, "--dry-run", "--json", "--executor", "ray")
     assert result.exit_code == 0, result.output
     rows = json_lines(result)
-    assert [rows[i]["dims_from"] for i in (1, 2, 3)] == ["checkpoint", "name (large-v3)", "name (small)"]
-    assert [rows[i]["action"] for i in (1, 2, 3)] == ["run"] * 3
+    assert [rows[i]["dims_from"] for i in (1, 2, 3, 4)] == ["checkpoint", "name (large-v3)", "name (small)", "name (large-v3)"]
+    assert [rows[i]["action"] for i in (1, 2, 3, 4)] == ["run"] * 4
     assert rows[1]["parameters"] == sum(tensor.numel() for tensor in random_state_dict(real_dims("tiny")).values())
-    assert rows[1]["memory_gib"] < rows[3]["memory_gib"] < rows[2]["memory_gib"]
+    assert rows[1]["memory_gib"] < rows[3]["memory_gib"] < rows[2]["memory_gib"] < rows[4]["memory_gib"]
     peaks = measured_peaks()
-    assert 1 / 1.5 <= rows[2]["memory_gib"] / peaks["large-v3"] <= 1.5
-    assert 1 / 1.5 <= rows[1]["memory_gib"] / peaks["tiny"] <= 1.5
+    assert 1 / 1.5 <= rows[2]["memory_gib"] / peaks["large-v3", "whispercpp"] <= 1.5
+    assert 1 / 1.5 <= rows[1]["memory_gib"] / peaks["tiny", "whispercpp"] <= 1.5
+    assert 1 / 1.5 <= rows[4]["memory_gib"] / peaks["large-v3", "whisperkit"] <= 1.5
     assert not (project / "models").exists()
 
 

@@ -9,28 +9,51 @@ import numpy as np
 
 from ..errors import InputError
 
+# The smallest dims openai-whisper builds a Whisper of: the shell whisper_model puts the real parts in.
+SHELL_DIMS = dict(n_mels=1, n_audio_ctx=1, n_audio_state=2, n_audio_head=1, n_audio_layer=0,
+                  n_vocab=1, n_text_ctx=1, n_text_state=2, n_text_head=1, n_text_layer=0)
+
 
 def whisper_model(dims, state_dict: dict, alignment_heads: list | None = None):
-    """An fp32 ``whisper.model.Whisper`` loaded strictly from a canonical state dict."""
+    """An fp32 ``whisper.model.Whisper`` loaded strictly from a canonical state dict.
+
+    Its encoder and decoder are built on the meta device and given the fp32 tensors themselves (``assign``):
+    the weights exist once, not also as openai-whisper's random initialisation (large-v3: 6.2 GB, not 12.4 GB).
+    """
     import torch
     import whisper.model
 
-    model = whisper.model.Whisper(dims)
+    model = whisper.model.Whisper(whisper.model.ModelDimensions(**SHELL_DIMS))  # a shell for the real parts
+    model.dims, parts = dims, meta_parts(dims)
+    model.encoder, model.decoder = parts["encoder"], parts["decoder"]
     weights = {k: torch.as_tensor(v).float() for k, v in state_dict.items() if k != "alignment_heads"}
-    model.load_state_dict(weights, strict=True)
+    model.load_state_dict(weights, strict=True, assign=True)
+    # The buffers no state dict holds, made as openai-whisper makes them: the decoder's causal mask, the alignment heads.
+    model.decoder.register_buffer("mask", torch.full((dims.n_text_ctx, dims.n_text_ctx), -np.inf).triu_(1), persistent=False)
+    heads = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
     if alignment_heads:
-        mask = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
         for layer, head in alignment_heads:
-            mask[layer, head] = True
-        model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
+            heads[layer, head] = True
+    else:
+        heads[dims.n_text_layer // 2:] = True
+    model.register_buffer("alignment_heads", heads.to_sparse(), persistent=False)
+    if left := [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]:
+        raise RuntimeError(f"openai-whisper's model has tensors no state dict gives: {', '.join(left)}")
     return model.eval()
+
+
+def meta_parts(dims) -> dict:
+    """openai-whisper's AudioEncoder and TextDecoder of ``dims`` on the meta device: shapes only, nothing allocated."""
+    import torch
+    import whisper.model
+
+    with torch.device("meta"):
+        return {"encoder": whisper.model.AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer),
+                "decoder": whisper.model.TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head, dims.n_text_layer)}
 
 
 def check_weights(dims, state_dict: dict, source: str) -> None:
     """Refuse (an InputError naming ``source``) dims openai-whisper cannot build and weights that are not those dims'."""
-    import torch
-    import whisper.model
-
     sizes = dataclasses.asdict(dims)
     problems = [f"{name} {value!r}" for name, value in sizes.items() if type(value) is not int or not 0 < value < 2**31]
     layers = {side: {name.split(".")[2] for name in state_dict if name.startswith(f"{side}.blocks.")} for side in ("encoder", "decoder")}
@@ -41,10 +64,8 @@ def check_weights(dims, state_dict: dict, source: str) -> None:
         problems += [f"{len(layers[side])} {side} layers, not {sizes[f'n_{part}_layer']}"
                      for side, part in (("encoder", "audio"), ("decoder", "text")) if len(layers[side]) != sizes[f"n_{part}_layer"]]
     if not problems:
-        with torch.device("meta"):  # shapes only, nothing allocated
-            parts = {"encoder": whisper.model.AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer),
-                     "decoder": whisper.model.TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head, dims.n_text_layer)}
-        expected = {f"{part}.{name}": tuple(tensor.shape) for part, module in parts.items() for name, tensor in module.state_dict().items()}
+        expected = {f"{part}.{name}": tuple(tensor.shape) for part, module in meta_parts(dims).items()
+                    for name, tensor in module.state_dict().items()}
         problems = [f"no {name}" for name in expected if name not in state_dict]
         problems += [f"{name} of shape {tuple(state_dict[name].shape)}, not {shape}"
                      for name, shape in expected.items() if name in state_dict and tuple(state_dict[name].shape) != shape]

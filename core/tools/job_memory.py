@@ -1,9 +1,10 @@
 """How much memory one batch job needs: the model's dims, read without loading its weights, and the peak
 resident memory of a ``wconv run`` of that size (the Ray executor's ``memory`` request; `--dry-run` prints it).
 
-The estimate is ``PEAK_BASE_BYTES + PEAK_BYTES_PER_PARAMETER × parameters``, the two coefficients fitted to
-whole ``wconv run`` processes of the default layout with verification (benchmarks/batch_memory.py); jobs that
-also convert a Core ML decoder (``decoder``, ``layout = "whisperkit"``) were not measured.
+The estimate is ``PEAK_BASE_BYTES + bytes per parameter × parameters``, fitted to whole ``wconv run`` processes
+with verification (benchmarks/batch_memory.py): one slope for jobs that convert the encoder alone, a steeper one for
+jobs that also convert and verify a Core ML decoder (``decoder``, ``layout = "whisperkit"``) or Core AI assets
+(``layout = "coreai"``, verified through fp32 twins; not measured, given the steeper slope).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pathlib import Path
 from ..job import Job
 
 GIB = 2**30
-# Peak RSS of whole `wconv run` processes (whispercpp layout, random fp16 checkpoint, verification on),
-# benchmarks/batch_memory.py on main at 074c567: tiny 0.93 GiB, small 2.06 GiB, large-v3 8.85 GiB (README's table).
-PEAK_BASE_BYTES = int(0.65 * GIB)
-PEAK_BYTES_PER_PARAMETER = 6.0
+# Peak RSS of whole `wconv run` processes (random fp16 checkpoints, verification on), benchmarks/batch_memory.py
+# (README's table): whispercpp tiny 0.77, small 1.18, large-v3 3.61 GiB; whisperkit tiny 0.86, small 2.06, large-v3 9.50 GiB.
+PEAK_BASE_BYTES = int(0.70 * GIB)
+BYTES_PER_PARAMETER_ENCODER_ONLY = 2.05
+BYTES_PER_PARAMETER_WITH_DECODER = 6.2
 SIZES = ("tiny", "base", "small", "medium", "large")  # the word in a model's name that gives its dims
 UNKNOWN_SIZE = "large-v3"  # dims that cannot be read: assume the largest, so Ray never packs too much
 
@@ -51,7 +53,13 @@ def estimate_memory(job: Job, folder: Path = Path()) -> MemoryEstimate:
     """The peak memory of converting ``job``, from its model's dims (a relative path is one in ``folder``)."""
     dims, dims_from = job_dims(job, folder)
     parameters = parameter_count(dims)
-    return MemoryEstimate(int(PEAK_BASE_BYTES + PEAK_BYTES_PER_PARAMETER * parameters), parameters, dims_from)
+    per_parameter = BYTES_PER_PARAMETER_WITH_DECODER if converts_more_than_the_encoder(job) else BYTES_PER_PARAMETER_ENCODER_ONLY
+    return MemoryEstimate(int(PEAK_BASE_BYTES + per_parameter * parameters), parameters, dims_from)
+
+
+def converts_more_than_the_encoder(job: Job) -> bool:
+    """Whether a job also converts and verifies a decoder (or Core AI assets, verified through fp32 twins)."""
+    return job.decoder is not None or job.layout in ("whisperkit", "coreai")
 
 
 def job_dims(job: Job, folder: Path):
