@@ -89,7 +89,7 @@ def test_block_by_block_reference_equals_the_whole_fp32_encoder(tiny):
 @pytest.mark.parametrize("alignment_heads", [None, [(2, 1), (3, 5)]], ids=["default heads", "given heads"])
 def test_reference_model_is_openai_whispers_own_with_the_weights_assigned(tiny, alignment_heads):
     """whisper_model builds on the meta device and assigns the fp32 weights: the same model openai-whisper builds
-    and loads (every tensor, buffer and logit), with no second copy of the weights."""
+    and loads (every tensor, buffer and logit), with no second copy of the weights; without the encoder, the same decoder."""
     import whisper.model
 
     _, model = tiny
@@ -108,6 +108,10 @@ def test_reference_model_is_openai_whispers_own_with_the_weights_assigned(tiny, 
     tokens, mel = torch.tensor([[50258, 50259, 50359, 440]]), torch.randn(1, model.dims.n_mels, 3000, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(built(mel, tokens), classic(mel, tokens))
+        decoder_only = whisper_model(model.dims, model.state_dict, alignment_heads, encoder=False)
+        features = classic.encoder(mel)
+        assert not hasattr(decoder_only, "encoder") and decoder_only.device == torch.device("cpu")
+        assert torch.equal(decoder_only.decoder(tokens, features), classic.decoder(tokens, features))
 
 
 def test_mapped_checkpoint_holds_the_saved_values(tiny, tmp_path):

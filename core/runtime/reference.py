@@ -14,11 +14,12 @@ SHELL_DIMS = dict(n_mels=1, n_audio_ctx=1, n_audio_state=2, n_audio_head=1, n_au
                   n_vocab=1, n_text_ctx=1, n_text_state=2, n_text_head=1, n_text_layer=0)
 
 
-def whisper_model(dims, state_dict: dict, alignment_heads: list | None = None):
+def whisper_model(dims, state_dict: dict, alignment_heads: list | None = None, encoder: bool = True):
     """An fp32 ``whisper.model.Whisper`` loaded strictly from a canonical state dict.
 
     Its encoder and decoder are built on the meta device and given the fp32 tensors themselves (``assign``):
     the weights exist once, not also as openai-whisper's random initialisation (large-v3: 6.2 GB, not 12.4 GB).
+    ``encoder=False`` leaves the encoder out (2.5 GB for large-v3) for decoding given encoder output.
     """
     import torch
     import whisper.model
@@ -26,7 +27,10 @@ def whisper_model(dims, state_dict: dict, alignment_heads: list | None = None):
     model = whisper.model.Whisper(whisper.model.ModelDimensions(**SHELL_DIMS))  # a shell for the real parts
     model.dims, parts = dims, meta_parts(dims)
     model.encoder, model.decoder = parts["encoder"], parts["decoder"]
-    weights = {k: torch.as_tensor(v).float() for k, v in state_dict.items() if k != "alignment_heads"}
+    if not encoder:
+        del model.encoder
+    weights = {k: torch.as_tensor(v).float() for k, v in state_dict.items()
+               if k != "alignment_heads" and (encoder or not k.startswith("encoder."))}
     model.load_state_dict(weights, strict=True, assign=True)
     # The buffers no state dict holds, made as openai-whisper makes them: the decoder's causal mask, the alignment heads.
     model.decoder.register_buffer("mask", torch.full((dims.n_text_ctx, dims.n_text_ctx), -np.inf).triu_(1), persistent=False)

@@ -18,10 +18,10 @@ from ..job import Job
 
 GIB = 2**30
 # Peak RSS of whole `wconv run` processes (random fp16 checkpoints, verification on), benchmarks/batch_memory.py
-# (README's table): whispercpp tiny 0.77, small 1.13, large-v3 3.60 GiB; whisperkit tiny 0.86, small 2.06, large-v3 9.50 GiB.
+# (README's table): whispercpp tiny 0.77, small 1.13, large-v3 3.60 GiB; whisperkit tiny 0.86, small 1.72, large-v3 7.12 GiB.
 PEAK_BASE_BYTES = int(0.70 * GIB)
 BYTES_PER_PARAMETER_ENCODER_ONLY = 2.05
-BYTES_PER_PARAMETER_WITH_DECODER = 6.2
+BYTES_PER_PARAMETER_WITH_DECODER = 4.55
 SIZES = ("tiny", "base", "small", "medium", "large")  # the word in a model's name that gives its dims
 UNKNOWN_SIZE = "large-v3"  # dims that cannot be read: assume the largest, so Ray never packs too much
 

@@ -108,7 +108,7 @@ def expected_transcript(model: LoadedModel, audio: Path, sample_len: int) -> tup
     samples = read_wav(audio)
     with torch.no_grad():
         features = model.reference_encoder(torch.from_numpy(host_log_mel(samples, model.dims.n_mels))).numpy()
-    return samples, reference_tokens(whisper_model(model.dims, model.state_dict), features, "en", sample_len)
+    return samples, reference_tokens(whisper_model(model.dims, model.state_dict, encoder=False), features, "en", sample_len)
 
 
 def transcript_check(path: Path, model: LoadedModel, artifact: Artifact, job: Job, method: str, transcript,
@@ -151,7 +151,7 @@ def reference_decoder_logits(model: LoadedModel, features):
     from ..runtime.reference import whisper_model
 
     tokens = logit_tokens(model)
-    reference_model = whisper_model(model.dims, model.state_dict)
+    reference_model = whisper_model(model.dims, model.state_dict, encoder=False)
     with torch.no_grad():
         return tokens, reference_model.decoder(torch.tensor([tokens]), features.float())[0].numpy()
 
