@@ -89,7 +89,7 @@ def test_block_by_block_reference_equals_the_whole_fp32_encoder(tiny):
 @pytest.mark.parametrize("alignment_heads", [None, [(2, 1), (3, 5)]], ids=["default heads", "given heads"])
 def test_reference_model_is_openai_whispers_own_with_the_weights_assigned(tiny, alignment_heads):
     """whisper_model builds on the meta device and assigns the fp32 weights: the same model openai-whisper builds
-    and loads (every tensor, buffer and logit), with no second copy of the weights; without the encoder, the same decoder."""
+    and loads (every tensor, buffer and logit); without the encoder, the same decoder."""
     import whisper.model
 
     _, model = tiny
@@ -104,7 +104,6 @@ def test_reference_model_is_openai_whispers_own_with_the_weights_assigned(tiny, 
     assert ours.keys() == theirs.keys() and {"decoder.mask", "alignment_heads"} <= ours.keys()
     assert all(torch.equal(ours[n].to_dense(), theirs[n].to_dense()) for n in ours)
     assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), classic.eval().state_dict().values(), strict=True))
-    assert all(p.data_ptr() == built.state_dict()[n].data_ptr() for n, p in built.named_parameters())
     tokens, mel = torch.tensor([[50258, 50259, 50359, 440]]), torch.randn(1, model.dims.n_mels, 3000, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(built(mel, tokens), classic(mel, tokens))
