@@ -67,12 +67,12 @@ def source_model(manifest: dict, pm=None):
 
 
 def host_decoder(manifest: dict, pm=None):
-    """openai-whisper's fp32 decoder of :func:`source_model`, as step functions."""
+    """openai-whisper's fp32 decoder of :func:`source_model`, as step functions (the encoder output comes from Core ML)."""
     from ..runtime.decoding import PyTorchDecoder
     from ..runtime.reference import whisper_model
 
     source = source_model(manifest, pm)
-    return PyTorchDecoder(whisper_model(source.dims, source.state_dict, source.alignment_heads))
+    return PyTorchDecoder(whisper_model(source.dims, source.state_dict, source.alignment_heads, encoder=False))
 
 
 def decoder_artifact(manifest: dict, kinds=DECODER_PREFERENCE) -> tuple[Path, Artifact] | None:

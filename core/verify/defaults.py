@@ -78,9 +78,14 @@ def encoder_checks(path: Path, model: LoadedModel, artifact: Artifact, job: Job)
 def decoder_checks(path: Path, model: LoadedModel, artifact: Artifact, job: Job, encoder_path: Path | None = None) -> list[Check]:
     """The decoder's logits vs openai-whisper's fp32 decoder; with a wav ``--verify-input``, its transcript too
     (behind ``encoder_path``, by default the encoder beside it: see :func:`transcript_check`)."""
+    from ..runtime.reference import whisper_model
+
     _, features, described = reference_features(model, job)
-    tokens, reference = reference_decoder_logits(model, features)
-    transcript = expected_transcript(model, job.verify_input, decoder_text_context(artifact) // 2) if is_audio_file(job.verify_input) else None
+    reference_model = whisper_model(model.dims, model.state_dict, encoder=False)  # one fp32 decoder for both references
+    tokens, reference = reference_decoder_logits(reference_model, model, features)
+    transcript = (expected_transcript(model, reference_model, job.verify_input, decoder_text_context(artifact) // 2)
+                  if is_audio_file(job.verify_input) else None)
+    del reference_model  # freed before the converted decoder runs
     checks = []
     for method in platform_methods(path):
         metrics = compare(reference, artifact_decoder_logits(path, model, artifact, features, tokens, method))
@@ -98,17 +103,17 @@ CHECKS = {
 }
 
 
-def expected_transcript(model: LoadedModel, audio: Path, sample_len: int) -> tuple[np.ndarray, list[int]]:
-    """The samples of ``audio`` and openai-whisper fp32's greedy English tokens for them (source weights, unpatched),
-    at most ``sample_len`` of them: what a decoder of text context ``2 * sample_len`` can write."""
+def expected_transcript(model: LoadedModel, reference_model, audio: Path, sample_len: int) -> tuple[np.ndarray, list[int]]:
+    """The samples of ``audio`` and the greedy English tokens of ``reference_model`` (openai-whisper fp32, source weights,
+    unpatched) for them, at most ``sample_len`` of them: what a decoder of text context ``2 * sample_len`` can write."""
     import torch
 
-    from ..runtime.reference import reference_tokens, whisper_model
+    from ..runtime.reference import reference_tokens
 
     samples = read_wav(audio)
     with torch.no_grad():
         features = model.reference_encoder(torch.from_numpy(host_log_mel(samples, model.dims.n_mels))).numpy()
-    return samples, reference_tokens(whisper_model(model.dims, model.state_dict, encoder=False), features, "en", sample_len)
+    return samples, reference_tokens(reference_model, features, "en", sample_len)
 
 
 def transcript_check(path: Path, model: LoadedModel, artifact: Artifact, job: Job, method: str, transcript,
@@ -144,14 +149,11 @@ def transcript_check(path: Path, model: LoadedModel, artifact: Artifact, job: Jo
                  metrics={"token_error_rate": rate, "tokens": len(tokens)})
 
 
-def reference_decoder_logits(model: LoadedModel, features):
-    """A prompt plus a few text tokens, and openai-whisper's fp32 decoder logits (same weights) for them."""
+def reference_decoder_logits(reference_model, model: LoadedModel, features):
+    """A prompt plus a few text tokens, and ``reference_model``'s logits for them (openai-whisper fp32, same weights)."""
     import torch
 
-    from ..runtime.reference import whisper_model
-
     tokens = logit_tokens(model)
-    reference_model = whisper_model(model.dims, model.state_dict, encoder=False)
     with torch.no_grad():
         return tokens, reference_model.decoder(torch.tensor([tokens]), features.float())[0].numpy()
 
